@@ -1,0 +1,96 @@
+"""Validation of the user's sample sets and weights: a clear ValueError, never a wrong number."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Sums of weights may be off 1 by this much (float32 weights written by a user): beyond, an error.
+WEIGHT_SUM_TOL = 1e-6
+_CHUNK = 1 << 20  # elements checked at a time for finiteness (bounded temporary memory)
+
+
+def _to_numpy(x: object, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name}: cannot be read as a numeric array ({exc})") from None
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating)
+        or np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype == np.bool_
+    ):
+        raise ValueError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    flat = arr.reshape(-1)
+    return all(np.isfinite(flat[i : i + _CHUNK]).all() for i in range(0, flat.size, _CHUNK))
+
+
+def as_samples(x: object, name: str) -> np.ndarray:
+    """Returns x as a 2-D float32 or float64 numpy array (n, d), n >= 1, d >= 1, all finite.
+
+    A 1-D array is read as n samples of dimension 1. float32 and float64 are kept as they are
+    (no copy of a large array); other real types are converted to float64.
+    """
+    arr = _to_numpy(x, name)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (n, d), got {arr.ndim} dimensions")
+    n, d = arr.shape
+    if n == 0:
+        raise ValueError(f"{name}: empty sample set (n = 0)")
+    if d == 0:
+        raise ValueError(f"{name}: samples have dimension d = 0")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    if not _all_finite(arr):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return arr
+
+
+def as_weights(w: object, n: int, name: str) -> np.ndarray:
+    """Returns float64 weights of length n, >= 0, renormalised to sum exactly to 1.
+
+    None means uniform. A sum off 1 by more than WEIGHT_SUM_TOL is an error, not silently fixed:
+    it usually means the weights belong to other samples or were not normalised at all.
+    """
+    if w is None:
+        return np.full(n, 1.0 / n)
+    arr = _to_numpy(w, name)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of weights, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"{name}: has {arr.shape[0]} weights for {n} samples")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or infinite weights")
+    if (arr < 0).any():
+        raise ValueError(f"{name}: contains negative weights")
+    total = float(arr.sum())
+    if abs(total - 1.0) > WEIGHT_SUM_TOL:
+        raise ValueError(f"{name}: weights must sum to 1, they sum to {total!r}")
+    return arr / total
+
+
+def check_pair(x: np.ndarray, y: np.ndarray) -> None:
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"x and y: mismatched dimensions, x has d = {x.shape[1]} and y has d = {y.shape[1]}"
+        )
+
+
+def validate_inputs(
+    x: object, y: object, a: object, b: object
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    xs = as_samples(x, "x")
+    ys = as_samples(y, "y")
+    check_pair(xs, ys)
+    return xs, ys, as_weights(a, xs.shape[0], "a"), as_weights(b, ys.shape[0], "b")

@@ -1,0 +1,34 @@
+"""Typed dependencies: the parts create_app wired, taken from the application state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.blobs import BlobStore
+from service.executors.base import Executor
+from service.settings import Settings
+from service.store import Database
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_blobs(request: Request) -> BlobStore:
+    return request.app.state.blobs
+
+
+def get_executor(request: Request) -> Executor:
+    return request.app.state.executor
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbDep = Annotated[Database, Depends(get_db)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+ExecutorDep = Annotated[Executor, Depends(get_executor)]

@@ -1,0 +1,5 @@
+"""Routes: estimates (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Routes: ops (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

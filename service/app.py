@@ -1,0 +1,54 @@
+"""create_app(settings): wires settings, store, blobs, executor and routes into one FastAPI app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import datasets, errors, estimates, ops, reports
+from service.blobs import BlobStore
+from service.executors import make_executor
+from service.executors.base import Executor
+from service.logs import setup_logging
+from service.settings import Settings
+from service.store import Database
+
+
+def create_app(settings: Settings | None = None, executor: Executor | None = None) -> FastAPI:
+    """The application. ``executor`` replaces the one the settings select (a seam for tests)."""
+    settings = settings or Settings()
+    setup_logging(settings.log_level)
+    settings.ensure_dirs()
+    db = Database(settings.resolved_database_url)
+    if settings.migrate_on_start:
+        db.migrate()
+    blobs = BlobStore(settings.data_dir / "blobs")
+    executor = executor or make_executor(settings, db, blobs)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        executor.start()
+        try:
+            yield
+        finally:
+            executor.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="lipwass",
+        version="1",
+        summary="Certified Wasserstein-1 distances from 1-Lipschitz neural potentials.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.blobs = blobs
+    app.state.executor = executor
+    errors.install(app)
+    app.include_router(ops.router)
+    app.include_router(datasets.router)
+    app.include_router(estimates.router)
+    app.include_router(reports.router)
+    return app

@@ -1,0 +1,103 @@
+"""Content-addressed files under one folder, written atomically (temp file + rename).
+
+A reader never sees half a file: every write goes to a temporary name in the same folder and is
+renamed into place, which POSIX makes atomic on one file system (a shared volume included).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+class BlobStore:
+    """Datasets by content hash, potentials by estimate id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        for sub in ("datasets", "potentials", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- paths ---------------------------------------------------------------------------------
+    def dataset_dir(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError("not a sha256 hex digest")
+        return self.root / "datasets" / sha256[:2] / sha256
+
+    def samples_path(self, sha256: str) -> Path:
+        return self.dataset_dir(sha256) / "samples.npy"
+
+    def weights_path(self, sha256: str) -> Path:
+        return self.dataset_dir(sha256) / "weights.npy"
+
+    def potential_path(self, estimate_id: str) -> Path:
+        if not estimate_id.replace("_", "").isalnum():
+            raise ValueError("bad estimate id")
+        return self.root / "potentials" / f"{estimate_id}.safetensors"
+
+    # -- writes --------------------------------------------------------------------------------
+    @contextmanager
+    def temp_path(self, suffix: str = "") -> Iterator[Path]:
+        """A temporary file on the blob volume (so a later rename is atomic); removed on exit."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
+        os.close(fd)
+        path = Path(name)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _place(self, tmp: Path, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def put_array(self, final: Path, array: np.ndarray) -> None:
+        """Save ``array`` as .npy at ``final`` atomically."""
+        with self.temp_path(".npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            self._place(tmp, final)
+
+    def put_dataset(self, sha256: str, samples: np.ndarray, weights: np.ndarray | None) -> None:
+        """Store a validated dataset under its hash (weights first: samples mark completeness)."""
+        if weights is not None:
+            self.put_array(self.weights_path(sha256), weights)
+        self.put_array(self.samples_path(sha256), samples)
+
+    def put_file(self, src: Path, final: Path) -> None:
+        """Copy a finished file into place atomically."""
+        with self.temp_path(final.suffix) as tmp:
+            shutil.copyfile(src, tmp)
+            self._place(tmp, final)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def has_dataset(self, sha256: str) -> bool:
+        return self.samples_path(sha256).exists()
+
+    def load_dataset(self, sha256: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The samples (memory-mapped by default) and the weights, or None when uniform."""
+        mode = "r" if mmap else None
+        samples = np.load(self.samples_path(sha256), mmap_mode=mode, allow_pickle=False)
+        wp = self.weights_path(sha256)
+        weights = np.load(wp, allow_pickle=False) if wp.exists() else None
+        return samples, weights
+
+    def delete_dataset(self, sha256: str) -> None:
+        shutil.rmtree(self.dataset_dir(sha256), ignore_errors=True)
+
+    def delete_potential(self, estimate_id: str) -> None:
+        self.potential_path(estimate_id).unlink(missing_ok=True)
+
+    def ping(self) -> None:
+        """Raise if the blob folder is not writable."""
+        with self.temp_path() as tmp:
+            tmp.write_bytes(b"ok")

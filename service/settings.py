@@ -1,0 +1,76 @@
+"""The one settings object of the service, read from ``LIPWASS_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob and limit of the service. One instance is built per process and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="LIPWASS_", env_file=".env", extra="ignore")
+
+    # Where things live.
+    data_dir: Path = Field(
+        Path("lipwass-data"), description="Blobs, potentials and the SQLite file."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite in data_dir (embedded mode)."
+    )
+    broker_url: str | None = Field(
+        None, description="Unset: the embedded dispatcher. redis://...: Dramatiq workers."
+    )
+    migrate_on_start: bool = Field(
+        True, description="Run Alembic migrations when a process starts."
+    )
+
+    # Upload limits.
+    max_body_bytes: int = Field(2 * 1024**3, ge=1, description="Largest upload body (bytes).")
+    max_n: int = Field(20_000_000, ge=1, description="Most samples in one dataset.")
+    max_d: int = Field(4096, ge=1, description="Most dimensions in one dataset.")
+    max_json_bytes: int = Field(64 * 1024**2, ge=1, description="Largest JSON or CSV upload.")
+
+    # Job limits.
+    max_steps: int = Field(
+        50_000, ge=1, description="Most training steps one estimate may ask for."
+    )
+    max_width: int = Field(2048, ge=1)
+    max_depth: int = Field(16, ge=1)
+    max_batch_size: int = Field(1 << 20, ge=1)
+    job_timeout_s: float = Field(3600.0, gt=0, description="A job running longer is failed.")
+    exact_max_pairs: int = Field(
+        25_000_000, ge=1, description="n*m up to which the exact solver runs (auto, cross-check)."
+    )
+    exact_timeout_s: float = Field(600.0, gt=0)
+    max_evaluate_points: int = Field(100_000, ge=1, description="Most points per /evaluate call.")
+
+    # Job engine.
+    concurrency: int | None = Field(
+        None, ge=1, description="Jobs at once in embedded mode; default one per GPU, else one."
+    )
+    lease_s: float = Field(30.0, gt=0, description="A running job's lease; heartbeats renew it.")
+    heartbeat_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="Runs of one job before it is failed.")
+    reaper_interval_s: float = Field(5.0, gt=0)
+    progress_interval_s: float = Field(1.0, ge=0, description="Throttle of persisted progress.")
+    device: str | None = Field(None, description="torch device for jobs; default cuda if any.")
+
+    log_level: str = "INFO"
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lipwass.db').resolve()}"
+
+    @property
+    def is_embedded(self) -> bool:
+        return not self.broker_url
+
+    def ensure_dirs(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
