@@ -1,0 +1,110 @@
+"""EstimatorConfig: the network and training knobs, validated, JSON round-trippable."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .layers import ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Network and training knobs of estimate_w1. Defaults chosen by measurement (bench/).
+
+    width, depth: hidden width (even for "maxmin") and number of hidden layers.
+    activation: "maxmin" (GroupSort-2) or "fullsort".
+    steps: the most training steps; training may stop earlier (patience / tolerance).
+    batch_size: samples drawn per set and step (by weight, with replacement); when a training set
+        has at most this many samples, the whole set is used with its weights (exact gradient).
+    lr, lr_final: Adam's learning rate, decayed (cosine) to lr * lr_final over ``steps``.
+    ortho_iters: Björck iterations (with gradient) per training step.
+    reproject_iters: Björck iterations (no grad) applied to the raw weights after each step.
+    patience, tolerance: stop when the smoothed objective has not improved by more than
+        tolerance (relative) for ``patience`` steps; patience 0 never stops early.
+    min_steps: never stop before this many steps.
+    smoothing: weight of the newest batch objective in the exponential moving average.
+    progress_every: the callback's period in steps.
+    eval_chunk: rows per chunk when evaluating all samples in float64 (memory bound).
+    grad_samples: samples (per set) on which the gradient-norm quantiles are computed.
+    """
+
+    width: int = 128
+    depth: int = 3
+    activation: str = "maxmin"
+    steps: int = 2000
+    batch_size: int = 2048
+    lr: float = 3e-3
+    lr_final: float = 0.01
+    ortho_iters: int = 3
+    reproject_iters: int = 1
+    patience: int = 300
+    tolerance: float = 1e-4
+    min_steps: int = 200
+    smoothing: float = 0.05
+    progress_every: int = 10
+    eval_chunk: int = 65536
+    grad_samples: int = 1024
+
+    def __post_init__(self) -> None:
+        ints_min = {
+            "width": 2,
+            "depth": 1,
+            "steps": 1,
+            "batch_size": 1,
+            "ortho_iters": 1,
+            "reproject_iters": 0,
+            "patience": 0,
+            "min_steps": 0,
+            "progress_every": 1,
+            "eval_chunk": 1,
+            "grad_samples": 1,
+        }
+        for name, low in ints_min.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"config.{name}: expected an integer, got {v!r}")
+            if v < low:
+                raise ValueError(f"config.{name}: must be >= {low}, got {v}")
+        for name in ("lr", "lr_final", "tolerance", "smoothing"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"config.{name}: expected a finite number, got {v!r}")
+        if self.lr <= 0:
+            raise ValueError(f"config.lr: must be > 0, got {self.lr}")
+        if not 0 < self.lr_final <= 1:
+            raise ValueError(f"config.lr_final: must be in (0, 1], got {self.lr_final}")
+        if self.tolerance < 0:
+            raise ValueError(f"config.tolerance: must be >= 0, got {self.tolerance}")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError(f"config.smoothing: must be in (0, 1], got {self.smoothing}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"config.activation: must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if self.activation == "maxmin" and self.width % 2:
+            raise ValueError(
+                f"config.width: must be even for activation 'maxmin', got {self.width}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> EstimatorConfig:
+        """Builds a config from a (possibly partial) dict; unknown keys are a ValueError."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}")
+        values = dict(d)
+        for name in ("lr", "lr_final", "tolerance", "smoothing"):
+            if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
+                values[name] = float(values[name])
+        return cls(**values)

@@ -1,0 +1,83 @@
+"""1-Lipschitz layers: thin modules over lipcore.orthogonal, and the GroupSort activations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .orthogonal import bjorck, frobenius_normalise
+
+
+class MaxMin(nn.Module):
+    """GroupSort with groups of 2, pairing channel i with channel i + k/2: (max, min) halves.
+
+    A permutation of sorted pairs: 1-Lipschitz and gradient-norm preserving. Needs an even width.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-1] // 2
+        a, b = x[..., :h], x[..., h:]
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=-1)
+
+
+class FullSort(nn.Module):
+    """GroupSort with a single group: sorts the channels (ascending)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sort(x, dim=-1).values
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"maxmin": MaxMin, "fullsort": FullSort}
+
+
+class OrthoLinear(nn.Module):
+    """Linear layer whose weight is Björck-orthonormalised (``iters`` iterations) at each forward.
+
+    Keep one forward per training step (concatenate the batches) so that the weight is
+    orthonormalised once per step. ``reproject_`` (no grad) moves the raw parameter toward the
+    orthogonal manifold after each optimiser step: the warm start that lets few iterations suffice.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        iters: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.iters = in_features, out_features, iters
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.orthogonal_(self.weight, generator=generator)
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def effective_weight(self) -> torch.Tensor:
+        return bjorck(self.weight, self.iters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    @torch.no_grad()
+    def reproject_(self, iters: int) -> None:
+        if iters > 0:
+            self.weight.copy_(bjorck(self.weight, iters))
+
+
+class FrobeniusLinear(nn.Module):
+    """The last layer (one output): weight divided by its Frobenius (= spectral) norm."""
+
+    def __init__(
+        self, in_features: int, out_features: int = 1, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        w = torch.randn(out_features, in_features, generator=generator)
+        self.weight = nn.Parameter(w / w.norm())
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def effective_weight(self) -> torch.Tensor:
+        return frobenius_normalise(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
