@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(1.0, ge=0, description="Throttle of persisted progress.")
     device: str | None = Field(None, description="torch device for jobs; default cuda if any.")
 
+    # Operations and the report picture (service/api/ops.py, metrics.py, report.py).
+    readyz_timeout_s: float = Field(
+        5.0, gt=0, description="/readyz answers 503 when a check takes longer than this."
+    )
+    report_max_points: int = Field(
+        20_000, ge=10, description="Samples per set (seeded subsample) the report.png evaluates."
+    )
+    report_grid: int = Field(
+        160, ge=10, le=1000, description="Heat-map resolution (per axis) of report.png for d = 2."
+    )
+
     log_level: str = "INFO"
 
     @cached_property
