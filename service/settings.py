@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(1.0, ge=0, description="Throttle of persisted progress.")
     device: str | None = Field(None, description="torch device for jobs; default cuda if any.")
 
+    # Job runner, reaper and local executor (service/runner.py, reaper.py, executors/local.py).
+    cancel_grace_s: float = Field(
+        10.0, gt=0, description="A cancelled job still running after this long is killed/ended."
+    )
+    requeue_after_s: float = Field(
+        60.0, gt=0, description="Queued jobs older than this are re-submitted by the reaper."
+    )
+
     # Operations and the report picture (service/api/ops.py, metrics.py, report.py).
     readyz_timeout_s: float = Field(
         5.0, gt=0, description="/readyz answers 503 when a check takes longer than this."
@@ -69,6 +77,28 @@ class Settings(BaseSettings):
     )
     report_grid: int = Field(
         160, ge=10, le=1000, description="Heat-map resolution (per axis) of report.png for d = 2."
+    )
+
+    # Distributed deployment: Dramatiq on Redis (service/executors/dramatiq.py, worker.py).
+    broker_namespace: str = Field(
+        "lipwass", min_length=1, description="Prefix of every Redis key the broker writes."
+    )
+    broker_queue: str = Field(
+        "lipwass-jobs",
+        pattern=r"^[a-zA-Z_][a-zA-Z0-9._-]*$",
+        description="Dramatiq queue that carries the 'run job <id>' messages.",
+    )
+    broker_heartbeat_timeout_s: float = Field(
+        15.0, gt=0, description="A worker silent this long is dead; its messages are re-queued."
+    )
+    broker_dead_message_ttl_s: float = Field(
+        86400.0, gt=0, description="How long failed messages stay in Redis's dead-letter queue."
+    )
+    worker_shutdown_grace_s: float = Field(
+        25.0, ge=0, description="On SIGTERM, wait this long for the running job before exiting."
+    )
+    worker_health_file: Path | None = Field(
+        None, description="Touched while the worker is healthy (`lipwass worker --check`)."
     )
 
     log_level: str = "INFO"

@@ -1,0 +1,481 @@
+"""run_job(job_id): the one job runner every executor calls (embedded child, Dramatiq worker).
+
+One attempt of one job:
+
+1. claim the row (conditional update: lease + attempt counter); no claim -> return quietly, since
+   someone else runs it, it is finished, cancelled or out of attempts;
+2. load both datasets from the blobs;
+3. run lipcore per the request (method, crosscheck, holdout, seed, config); progress goes to the
+   store through the lipcore callback (throttled), and a background thread renews the lease every
+   ``heartbeat_s`` so that a long exact solve or certification keeps it;
+4. write the outcome with compare-and-set on (job id, attempt): ``succeeded`` with the result
+   dict of the shared contract, ``cancelled``, or ``failed`` with ``{type, title, detail}``.
+
+The same request gives the same result on every attempt: the seed is in the row.
+
+Cancel and the job time-out reach the training loop through the callback (it raises
+``lipcore.Cancelled``). Phases that cannot be interrupted in-process (the exact solver,
+certification) are covered by the heartbeat thread: when a cancel has been pending for
+``cancel_grace_s`` or the job ran past ``job_timeout_s``, it writes the outcome itself (same
+compare-and-set), and the executor may then kill the process that is still computing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.blobs import BlobStore
+from service.settings import Settings
+from service.store import Database, DatasetRow, EstimateRow, JobStatus, jobs
+
+log = logging.getLogger("lipwass.runner")
+
+HISTORY_MAX = 2000  # points of the objective history kept in the row (downsampled beyond)
+
+
+def default_owner() -> str:
+    """A lease owner name unique to this process and call: host:pid:random."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobError(Exception):
+    """A job failure with a clear problem: becomes the row's ``error`` dict."""
+
+    def __init__(self, type_: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.type, self.title, self.detail = type_, title, detail
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "title": self.title, "detail": self.detail}
+
+
+@dataclass
+class _Flags:
+    """State shared by the callback (training thread) and the heartbeat thread."""
+
+    lost: bool = False  # the attempt is no longer ours (lease taken over, or finished elsewhere)
+    cancel: bool = False  # cancel was requested in the store
+    cancel_seen_at: float | None = None
+    timed_out: bool = False
+    ended: bool = False  # the heartbeat thread wrote the outcome itself
+
+
+def _downsample(history: list[list[float]]) -> list[list[float]]:
+    if len(history) <= HISTORY_MAX:
+        return history
+    stride = math.ceil(len(history) / HISTORY_MAX)
+    out = history[::stride]
+    if out[-1] is not history[-1]:
+        out.append(history[-1])
+    return out
+
+
+class _Attempt:
+    """One claimed attempt: heartbeats, progress, cancel and time-out, and the final write."""
+
+    def __init__(self, settings: Settings, db: Database, claim: jobs.Claim) -> None:
+        self.settings = settings
+        self.db = db
+        self.claim = claim
+        self.flags = _Flags()
+        self.lock = threading.Lock()  # serialises the final write against the heartbeat thread
+        self.started = time.monotonic()
+        self.history: list[list[float]] = []
+        self.last_progress = -math.inf
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat_loop, name=f"lipwass-heartbeat-{claim.job_id}", daemon=True
+        )
+        self.extra = {"job_id": claim.job_id, "attempt": claim.attempt}
+
+    # -- heartbeat thread ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(5.0, self.settings.heartbeat_s))
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_s):
+            try:
+                self._beat_once()
+            except Exception:  # noqa: BLE001 - a store hiccup: try again at the next beat
+                log.exception("heartbeat failed", extra=self.extra)
+            if self.flags.lost or self.flags.ended:
+                return
+
+    def _beat_once(self) -> None:
+        ours, cancel = jobs.heartbeat(self.db, self.claim, self.settings.lease_s)
+        self._note(ours, cancel)
+        if not ours:
+            return
+        now = time.monotonic()
+        grace = self.settings.cancel_grace_s
+        if self.flags.cancel and self.flags.cancel_seen_at is not None:
+            # Stuck in a phase the callback cannot interrupt: end the job ourselves.
+            if now - self.flags.cancel_seen_at >= grace and self.finish(JobStatus.cancelled):
+                log.info("cancelled while not interruptible", extra=self.extra)
+        elif now - self.started > self.settings.job_timeout_s:
+            self.flags.timed_out = True
+            if now - self.started > self.settings.job_timeout_s + grace:
+                err = _timeout_error(self.settings)
+                if self.finish(JobStatus.failed, error=err.to_dict()):
+                    self.flags.ended = True
+                    log.warning("job timed out (not interruptible)", extra=self.extra)
+
+    def _note(self, ours: bool, cancel: bool) -> None:
+        if not ours:
+            self.flags.lost = True
+        if cancel and not self.flags.cancel:
+            self.flags.cancel = True
+            self.flags.cancel_seen_at = time.monotonic()
+
+    # -- the lipcore callback ------------------------------------------------------------------
+    def callback(self, p: Any) -> None:
+        """Record progress (throttled into the store); abort on cancel, loss or time-out."""
+        import lipcore
+
+        self.history.append([int(p.step), float(p.objective)])
+        now = time.monotonic()
+        if now - self.last_progress >= self.settings.progress_interval_s:
+            self.last_progress = now
+            progress = {
+                "step": int(p.step),
+                "total_steps": int(p.total_steps),
+                "objective": float(p.objective),
+                "elapsed_s": float(p.elapsed_s),
+            }
+            ours, cancel = jobs.heartbeat(
+                self.db,
+                self.claim,
+                self.settings.lease_s,
+                progress=progress,
+                history=_downsample(self.history),
+            )
+            self._note(ours, cancel)
+        if now - self.started > self.settings.job_timeout_s:
+            self.flags.timed_out = True
+        if self.flags.lost or self.flags.cancel or self.flags.timed_out or self.flags.ended:
+            raise lipcore.Cancelled("job aborted")
+
+    def check_between_phases(self) -> None:
+        """Abort between phases (after the exact solve, before training) when asked to."""
+        import lipcore
+
+        if now_exceeds(self.started, self.settings.job_timeout_s):
+            self.flags.timed_out = True
+        if self.flags.lost or self.flags.cancel or self.flags.timed_out or self.flags.ended:
+            raise lipcore.Cancelled("job aborted")
+
+    # -- the final write -----------------------------------------------------------------------
+    def finish(
+        self,
+        status: JobStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """Compare-and-set the outcome once; False if this attempt is no longer current."""
+        with self.lock:
+            if self.flags.ended:
+                return False
+            ok = jobs.finish(
+                self.db,
+                self.claim,
+                status,
+                result=result,
+                error=error,
+                history=_downsample(self.history) if self.history else None,
+            )
+            if ok:
+                self.flags.ended = True
+            return ok
+
+
+def now_exceeds(start: float, limit_s: float) -> bool:
+    return time.monotonic() - start > limit_s
+
+
+def _timeout_error(settings: Settings) -> JobError:
+    return JobError(
+        "timeout",
+        "The job ran too long",
+        f"the job exceeded the time limit of {settings.job_timeout_s:g} s (job_timeout_s)",
+    )
+
+
+def _load(db: Database, blobs: BlobStore, job_id: str) -> tuple[EstimateRow, dict[str, Any]]:
+    """The job row and both datasets: {x, a, y, b}."""
+    with db.session() as s:
+        row = s.get(EstimateRow, job_id)
+        if row is None:
+            raise JobError("not_found", "The job vanished", f"estimate {job_id} does not exist")
+        src = s.get(DatasetRow, row.source_id)
+        tgt = s.get(DatasetRow, row.target_id)
+        s.expunge_all()
+    data: dict[str, Any] = {}
+    for key, ds, ref in (("x", src, row.source_id), ("y", tgt, row.target_id)):
+        if ds is None or not blobs.has_dataset(ds.sha256):
+            raise JobError(
+                "dataset_missing", "A dataset is missing", f"dataset {ref} is no longer stored"
+            )
+        samples, weights = blobs.load_dataset(ds.sha256, mmap=True)
+        data[key] = samples
+        data["a" if key == "x" else "b"] = weights
+    return row, data
+
+
+def _normalised(w: np.ndarray | None, n: int) -> np.ndarray:
+    if w is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    return w / w.sum()
+
+
+def _potential_center(est: Any, data: dict[str, Any], device: str, chunk: int) -> float:
+    """c = (sum a f(x) + sum b f(y)) / 2 of the raw exported potential, in float64."""
+    import torch
+
+    model = est.potential
+    dtype = next(model.parameters()).dtype
+    dev = torch.device(device)
+    model = model.to(dev)
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for s, w in ((data["x"], data["a"]), (data["y"], data["b"])):
+                n = s.shape[0]
+                wn = _normalised(w, n)
+                for i in range(0, n, chunk):
+                    z = torch.from_numpy(np.asarray(s[i : i + chunk], dtype=np.float64))
+                    f = model(z.to(dev, dtype))[:, 0].double().cpu().numpy()
+                    total += float(wn[i : i + chunk] @ f)
+    finally:
+        est.potential = model.to("cpu")
+    return total / 2.0
+
+
+def _resolve_device(settings: Settings) -> str:
+    if settings.device:
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _compute(
+    settings: Settings, blobs: BlobStore, row: EstimateRow, data: dict[str, Any], att: _Attempt
+) -> dict[str, Any]:
+    """Run lipcore per the request; the result dict of the shared contract."""
+    import lipcore
+
+    t0 = time.perf_counter()
+    x, y = data["x"], data["y"]
+    n, d = x.shape
+    m = y.shape[0]
+    small = d == 1 or n * m <= settings.exact_max_pairs
+    method = row.method
+    if method == "auto":
+        method = "exact" if small else "lipschitz"
+    if method not in ("exact", "lipschitz"):
+        raise JobError("invalid_request", "Unknown method", f"method {row.method!r} is unknown")
+    crosscheck = row.crosscheck
+    if method == "exact":
+        run_exact = True
+    elif crosscheck == "always":
+        run_exact = True
+        if not small:
+            raise JobError(
+                "exact_too_large",
+                "The exact cross-check is too large",
+                f"crosscheck=always needs n * m = {n} * {m} = {n * m} pairs, above the limit of "
+                f"{settings.exact_max_pairs} (exact_max_pairs)",
+            )
+    elif crosscheck == "auto":
+        run_exact = small
+    elif crosscheck == "never":
+        run_exact = False
+    else:
+        raise JobError(
+            "invalid_request", "Unknown crosscheck", f"crosscheck {crosscheck!r} is unknown"
+        )
+
+    config = None
+    if method == "lipschitz":
+        try:
+            config = lipcore.EstimatorConfig.from_dict(row.config or {})
+        except (ValueError, TypeError) as exc:
+            raise JobError("invalid_config", "Invalid estimator config", str(exc)) from None
+
+    exact: dict[str, Any] | None = None
+    if run_exact:
+        te = time.perf_counter()
+        value = lipcore.exact_w1(x, y, data["a"], data["b"], max_pairs=settings.exact_max_pairs)
+        exact = {
+            "value": float(value),
+            "solver": "closed_form_1d" if d == 1 else "pot.emd2",
+            "seconds": time.perf_counter() - te,
+        }
+        att.check_between_phases()
+
+    result: dict[str, Any] = {
+        "method": method,
+        "w1": None,
+        "lower_bound": None,
+        "lipschitz_constant": None,
+        "holdout": None,
+        "exact": exact,
+        "relative_gap": None,
+        "diagnostics": None,
+        "potential_center": None,
+        "device": "cpu",
+        "seconds": 0.0,
+        "steps": 0,
+        "config": None,
+    }
+    if method == "lipschitz":
+        device = _resolve_device(settings)
+        est = lipcore.estimate_w1(
+            x,
+            y,
+            data["a"],
+            data["b"],
+            config=config,
+            holdout=float(row.holdout),
+            seed=int(row.seed),
+            device=device,
+            callback=att.callback,
+        )
+        att.check_between_phases()
+        center = _potential_center(est, data, est.device, est.config.eval_chunk)
+        with blobs.temp_path(".safetensors") as tmp:
+            est.save(tmp)
+            blobs.put_file(tmp, blobs.potential_path(row.id))
+        if not att.history:
+            att.history = [[int(s), float(o)] for s, o in est.history]
+        result.update(
+            w1=float(est.lower_bound),
+            lower_bound=float(est.lower_bound),
+            lipschitz_constant=float(est.lipschitz_constant),
+            holdout=None if est.holdout is None else est.holdout.to_dict(),
+            diagnostics={
+                "grad_norm": {k: float(v) for k, v in est.grad_norm.items()},
+                "objective": float(est.objective),
+            },
+            potential_center=center,
+            device=str(est.device),
+            steps=int(est.steps),
+            config=est.config.to_dict(),
+        )
+        if exact is not None:
+            ev = exact["value"]
+            result["relative_gap"] = (ev - est.lower_bound) / ev if ev != 0 else None
+    else:
+        assert exact is not None
+        result["w1"] = exact["value"]
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _classify(exc: BaseException) -> JobError:
+    """An exception from lipcore or the runner as a clear ``{type, title, detail}``."""
+    import lipcore
+
+    if isinstance(exc, JobError):
+        return exc
+    if isinstance(exc, lipcore.ExactTooLarge):
+        return JobError("exact_too_large", "The exact solve is too large", str(exc))
+    if isinstance(exc, lipcore.ExactNotConverged):
+        return JobError("exact_not_converged", "The exact solver did not converge", str(exc))
+    if isinstance(exc, FloatingPointError):
+        return JobError("diverged", "Training diverged", str(exc))
+    if isinstance(exc, ValueError):
+        return JobError("invalid_input", "Invalid input for the estimator", str(exc))
+    if isinstance(exc, MemoryError):
+        return JobError("out_of_memory", "The job ran out of memory", str(exc) or "MemoryError")
+    name = type(exc).__name__
+    if "OutOfMemory" in name:
+        return JobError("out_of_memory", "The job ran out of memory", str(exc))
+    return JobError("internal", "The job failed unexpectedly", f"{name}: {exc}")
+
+
+def run_job(
+    job_id: str,
+    settings: Settings,
+    owner: str | None = None,
+    *,
+    db: Database | None = None,
+    blobs: BlobStore | None = None,
+) -> None:
+    """Run one attempt of job ``job_id`` to its end and write the outcome (see module doc).
+
+    ``db`` and ``blobs`` may be passed by a long-lived worker to reuse its connections; by
+    default they are built from ``settings`` (and the engine disposed at the end).
+    """
+    own_db = db is None
+    db = db or Database(settings.resolved_database_url)
+    blobs = blobs or BlobStore(settings.data_dir / "blobs")
+    owner = owner or default_owner()
+    try:
+        claim = jobs.claim(db, job_id, owner, settings.lease_s, settings.max_attempts)
+        if claim is None:
+            log.debug("not claimed (taken, finished or cancelled)", extra={"job_id": job_id})
+            return
+        _run_claimed(settings, db, blobs, claim)
+    finally:
+        if own_db:
+            db.dispose()
+
+
+def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs.Claim) -> None:
+    import lipcore
+
+    att = _Attempt(settings, db, claim)
+    extra = att.extra
+    log.info("job started", extra=extra)
+    att.start()
+    t0 = time.perf_counter()
+    try:
+        try:
+            row, data = _load(db, blobs, claim.job_id)
+            extra = {**extra, "method": row.method}
+            result = _compute(settings, blobs, row, data, att)
+        except lipcore.Cancelled:
+            if att.flags.lost:
+                log.warning("attempt lost its lease: abandoned", extra=extra)
+            elif att.flags.cancel:
+                if att.finish(JobStatus.cancelled):
+                    log.info("job cancelled", extra=extra)
+            elif att.flags.timed_out:
+                att.finish(JobStatus.failed, error=_timeout_error(settings).to_dict())
+                log.warning("job timed out", extra=extra)
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a clear job error
+            err = _classify(exc)
+            if err.type == "internal":
+                log.exception("job failed unexpectedly", extra=extra)
+            else:
+                log.warning("job failed: %s", err.detail, extra=extra)
+            if not att.finish(JobStatus.failed, error=err.to_dict()):
+                log.warning("failure not recorded: attempt no longer current", extra=extra)
+            return
+        if att.finish(JobStatus.succeeded, result=result):
+            log.info(
+                "job succeeded",
+                extra={**extra, "status": "succeeded", "seconds": time.perf_counter() - t0},
+            )
+        else:
+            log.warning("result not recorded: attempt no longer current", extra=extra)
+    finally:
+        att.stop()
