@@ -12,6 +12,7 @@ from service.blobs import BlobStore
 from service.executors import make_executor
 from service.executors.base import Executor
 from service.logs import setup_logging
+from service.metrics import Metrics, MetricsMiddleware
 from service.settings import Settings
 from service.store import Database
 
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.state.db = db
     app.state.blobs = blobs
     app.state.executor = executor
+    app.state.metrics = Metrics(db)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     errors.install(app)
     app.include_router(ops.router)
     app.include_router(datasets.router)

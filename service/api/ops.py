@@ -1,5 +1,85 @@
-"""Routes: ops (being written)."""
+"""Routes: operations. Liveness, readiness (store, blobs, executor) and Prometheus metrics."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import asyncio
+from collections.abc import Callable
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from service.api import errors
+from service.api.deps import BlobsDep, DbDep, ExecutorDep, SettingsDep
+from service.metrics import CONTENT_TYPE, Metrics
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    checks: dict[str, str]
+
+
+@router.get("/healthz", summary="The process is up", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: answers 200 as long as the process serves requests; checks nothing else."""
+    return Health()
+
+
+async def _check(fn: Callable[[], None], timeout_s: float) -> str | None:
+    """Run one blocking check off the event loop; None when it passed, else why it failed."""
+    try:
+        await asyncio.wait_for(run_in_threadpool(fn), timeout=timeout_s)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - any failure of a dependency means "not ready"
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+@router.get(
+    "/readyz",
+    summary="The store, the blob folder and the executor can take work",
+    response_model=Ready,
+    responses=errors.responses(503),
+)
+async def readyz(db: DbDep, blobs: BlobsDep, executor: ExecutorDep, settings: SettingsDep) -> Ready:
+    """Readiness: pings the database, writes a blob, asks the executor; 503 names what failed."""
+    checks = {"database": db.ping, "blobs": blobs.ping, "executor": executor.check}
+    outcomes = await asyncio.gather(
+        *(_check(fn, settings.readyz_timeout_s) for fn in checks.values())
+    )
+    failed = {name: why for name, why in zip(checks, outcomes, strict=True) if why is not None}
+    if failed:
+        raise errors.ProblemError(
+            503,
+            "Not ready",
+            "; ".join(f"{name}: {why}" for name, why in failed.items()),
+            type="/problems/not-ready",
+            headers={"Retry-After": "5"},
+        )
+    return Ready(checks={name: "ok" for name in checks})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format."},
+        **errors.responses(404),
+    },
+)
+async def metrics(request: Request) -> Response:
+    """Requests, latencies and upload bytes of this process; jobs and datasets from the store."""
+    registry: Metrics | None = getattr(request.app.state, "metrics", None)
+    if registry is None:
+        raise errors.ProblemError(404, "Not found", "Metrics are not enabled in this app.")
+    body = await run_in_threadpool(registry.render)
+    return Response(body, media_type=CONTENT_TYPE)
