@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         None, description="Touched while the worker is healthy (`lipwass worker --check`)."
     )
 
+    # Estimate routes (service/api/estimates.py).
+    events_poll_s: float = Field(
+        0.25, gt=0, description="How often an SSE stream of /events polls the job row."
+    )
+    estimate_retry_after_s: int = Field(
+        1, ge=1, description="Retry-After (seconds) on a queued or running estimate."
+    )
+    potential_cache_size: int = Field(
+        8, ge=1, description="Loaded potentials kept in memory for /evaluate (LRU)."
+    )
+
     log_level: str = "INFO"
 
     @cached_property
