@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         8, ge=1, description="Loaded potentials kept in memory for /evaluate (LRU)."
     )
 
+    # Dataset uploads and listing (service/ingest/, service/api/datasets.py).
+    max_npy_header_bytes: int = Field(
+        10_000, ge=64, le=1_000_000, description="Longest .npy header accepted (bytes)."
+    )
+    max_dataset_name_chars: int = Field(
+        200, ge=1, le=200, description="Longest ?name= of a dataset (the column holds 200)."
+    )
+    max_page_size: int = Field(1000, ge=1, description="Most items one list page may ask for.")
+
     log_level: str = "INFO"
 
     @cached_property
