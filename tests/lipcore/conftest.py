@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+from lipcore import EstimatorConfig
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny() -> EstimatorConfig:
+    """A config small enough for a test to train in well under a second."""
+    return EstimatorConfig(width=16, depth=2, steps=40, batch_size=64, min_steps=0, patience=0)

@@ -1,0 +1,117 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lipcore import Cancelled, Estimate, EstimatorConfig, Holdout, Progress, estimate_w1, exact_w1
+from lipcore.certify import lipschitz_constant
+
+
+def _data(seed=0, n=300, m=200, d=2, shift=1.5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = rng.normal(size=(m, d))
+    y[:, 0] += shift
+    return x, y
+
+
+def test_result_fields_and_json(tiny):
+    x, y = _data()
+    est = estimate_w1(x, y, config=tiny, seed=3)
+    assert isinstance(est, Estimate)
+    assert est.device == "cpu" and est.steps == tiny.steps and est.seconds > 0
+    assert est.config == tiny
+    assert isinstance(est.holdout, Holdout)
+    assert (est.holdout.n_source, est.holdout.n_target) == (60, 40)
+    lo, hi = est.holdout.ci95
+    assert lo < est.holdout.value < hi
+    assert 0 < est.lower_bound <= exact_w1(x, y)
+    assert set(est.grad_norm) == {"q05", "q50", "q95"}
+    assert 0 < est.grad_norm["q05"] <= est.grad_norm["q50"] <= est.grad_norm["q95"] <= 1 + 1e-9
+    assert est.history and est.history[-1][0] == est.steps
+    d = json.loads(json.dumps(est.to_dict()))
+    assert d["lower_bound"] == est.lower_bound
+    assert d["holdout"]["ci95"] == [lo, hi]
+    assert d["config"] == tiny.to_dict()
+    assert set(d) == {
+        "lower_bound", "lipschitz_constant", "holdout", "objective", "steps", "seconds",
+        "device", "grad_norm", "config",
+    }  # fmt: skip
+
+
+def test_potential_is_plain_certified_and_high_on_source(tiny):
+    x, y = _data()
+    est = estimate_w1(x, y, config=tiny, holdout=0)
+    assert est.holdout is None
+    pot = est.potential
+    assert isinstance(pot, nn.Sequential)
+    assert lipschitz_constant(pot) == pytest.approx(est.lipschitz_constant, rel=1e-12)
+    with torch.no_grad():
+        fx = pot(torch.from_numpy(x)).numpy()[:, 0]
+        fy = pot(torch.from_numpy(y)).numpy()[:, 0]
+    assert fx.mean() > fy.mean()  # high on the source
+    assert (fx.mean() - fy.mean()) / est.lipschitz_constant == pytest.approx(
+        est.lower_bound, rel=1e-9
+    )
+
+
+def test_same_seed_same_result_other_seed_other_result(tiny):
+    x, y = _data()
+    r1 = estimate_w1(x, y, config=tiny, seed=5)
+    r2 = estimate_w1(x, y, config=tiny, seed=5)
+    r3 = estimate_w1(x, y, config=tiny, seed=6)
+    assert r1.lower_bound == r2.lower_bound
+    assert r1.holdout == r2.holdout
+    assert r1.lower_bound != r3.lower_bound
+
+
+def test_minibatch_and_weighted_sampling_paths_run(tiny):
+    x, y = _data(n=500, m=400)  # larger than tiny.batch_size: the sampling path
+    b = np.random.default_rng(0).random(400)
+    est = estimate_w1(x, y, None, b / b.sum(), config=tiny)
+    assert 0 < est.lower_bound <= exact_w1(x, y, None, b / b.sum())
+
+
+def test_progress_callback_reports_and_can_cancel(tiny):
+    x, y = _data()
+    seen: list[Progress] = []
+    estimate_w1(x, y, config=tiny, callback=seen.append)
+    assert [p.step for p in seen] == list(range(tiny.progress_every, tiny.steps + 1, 10))
+    assert all(p.total_steps == tiny.steps and math.isfinite(p.objective) for p in seen)
+    assert all(b.elapsed_s >= a.elapsed_s for a, b in zip(seen, seen[1:], strict=False))
+
+    calls = []
+
+    def cancel_at_20(p: Progress) -> None:
+        calls.append(p.step)
+        if p.step >= 20:
+            raise Cancelled("stop")
+
+    config = EstimatorConfig(**{**tiny.to_dict(), "steps": 100_000})
+    with pytest.raises(Cancelled):
+        estimate_w1(x, y, config=config, callback=cancel_at_20)
+    assert calls == [10, 20]
+
+
+def test_stopping_rule_ends_training_early():
+    x, y = _data()
+    config = EstimatorConfig(
+        width=16, depth=2, steps=5000, min_steps=50, patience=50, tolerance=1e-3, lr=1e-2
+    )
+    est = estimate_w1(x, y, config=config)
+    assert est.steps < 5000
+
+
+def test_holdout_too_small_is_none(tiny):
+    est = estimate_w1(np.zeros((2, 2)), np.ones((1, 2)), config=tiny, holdout=0.2)
+    assert est.holdout is None
+    assert est.lower_bound <= math.sqrt(2) + 1e-9
+
+
+def test_identical_sets_give_no_positive_bound(tiny):
+    x, _ = _data()
+    est = estimate_w1(x, x.copy(), config=tiny)
+    assert abs(est.lower_bound) <= 1e-12

@@ -1,0 +1,41 @@
+import torch
+
+from lipcore.layers import FrobeniusLinear, FullSort, MaxMin, OrthoLinear
+
+
+def test_maxmin_values_and_gradient_norm_preserved():
+    x = torch.tensor([[1.0, -2.0, 0.5, 3.0]], requires_grad=True)
+    y = MaxMin()(x)
+    assert y.tolist() == [[1.0, 3.0, 0.5, -2.0]]
+    v = torch.randn(1, 4)
+    (g,) = torch.autograd.grad((y * v).sum(), x)
+    assert torch.allclose(g.norm(), v.norm())  # a permutation: gradient norm preserved
+
+
+def test_fullsort_sorts_and_preserves_norm():
+    x = torch.randn(5, 6, requires_grad=True)
+    y = FullSort()(x)
+    assert torch.all(y[:, 1:] >= y[:, :-1])
+    v = torch.randn(5, 6)
+    (g,) = torch.autograd.grad((y * v).sum(), x)
+    assert torch.allclose(g.norm(dim=1), v.norm(dim=1))
+
+
+def test_ortholinear_weight_is_orthogonal_and_reprojection_helps():
+    g = torch.Generator().manual_seed(0)
+    layer = OrthoLinear(32, 32, iters=3, generator=g)
+    s = torch.linalg.svdvals(layer.effective_weight().double())
+    assert (s - 1).abs().max() < 1e-5
+    with torch.no_grad():
+        layer.weight.add_(0.005 * torch.randn(32, 32, generator=g))
+    before = (torch.linalg.svdvals(layer.weight.double()) - 1).abs().max()
+    layer.reproject_(2)
+    after = (torch.linalg.svdvals(layer.weight.double()) - 1).abs().max()
+    assert after < before / 10
+
+
+def test_frobenius_linear_is_one_lipschitz():
+    layer = FrobeniusLinear(10, 1, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer.weight.mul_(17.0)
+    assert torch.linalg.matrix_norm(layer.effective_weight().double(), ord=2) <= 1 + 1e-6
