@@ -73,6 +73,16 @@ class BlobStore:
             self.put_array(self.weights_path(sha256), weights)
         self.put_array(self.samples_path(sha256), samples)
 
+    def put_dataset_file(self, sha256: str, samples_npy: Path, weights: np.ndarray | None) -> None:
+        """Store a dataset whose samples already are a finished .npy file: moved, not copied.
+
+        ``samples_npy`` must live on the blob volume (e.g. from :meth:`temp_path`); it is gone
+        afterwards. Weights are written first, as in :meth:`put_dataset`.
+        """
+        if weights is not None:
+            self.put_array(self.weights_path(sha256), weights)
+        self._place(samples_npy, self.samples_path(sha256))
+
     def put_file(self, src: Path, final: Path) -> None:
         """Copy a finished file into place atomically."""
         with self.temp_path(final.suffix) as tmp:

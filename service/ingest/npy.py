@@ -1,0 +1,136 @@
+"""``.npy`` uploads: the header is parsed here, bounded, and nothing is ever unpickled.
+
+numpy's own reader would read a declared header length before checking it and would unpickle
+object arrays when asked; this module reads the fixed prefix, refuses a header longer than the
+limit before reading it, parses the header dictionary as a literal, accepts only float16/32/64 in
+C order with one or two dimensions, and checks that the data is exactly n * d * itemsize bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from service.ingest.base import (
+    NUMPY_HEADER_LIMIT,
+    Limits,
+    Parsed,
+    canonical_dtype,
+    check_shape,
+    invalid,
+)
+
+MAGIC = b"\x93NUMPY"
+_FLOAT_DESCR = re.compile(r"^[<>=|]?f[248]$")
+
+
+def read_header(f, limits: Limits) -> tuple[np.dtype, tuple[int, ...], int]:  # noqa: ANN001
+    """Parse the header at the start of binary file ``f``: (dtype, shape, data offset)."""
+    prefix = f.read(8)
+    if len(prefix) < 8 or prefix[:6] != MAGIC:
+        raise invalid("not a .npy file: it does not start with the \\x93NUMPY magic")
+    major, minor = prefix[6], prefix[7]
+    if major == 1:
+        raw = f.read(2)
+        fmt = "<H"
+    elif major in (2, 3):
+        raw = f.read(4)
+        fmt = "<I"
+    else:
+        raise invalid(f"unknown .npy format version {major}.{minor}")
+    if len(raw) != struct.calcsize(fmt):
+        raise invalid("truncated .npy header")
+    (hlen,) = struct.unpack(fmt, raw)
+    if hlen > limits.max_npy_header_bytes:
+        raise invalid(
+            f".npy header length {hlen} is more than the limit of "
+            f"{limits.max_npy_header_bytes} bytes"
+        )
+    header = f.read(hlen)
+    if len(header) != hlen:
+        raise invalid(f"truncated .npy header: {len(header)} of {hlen} bytes")
+    offset = 8 + len(raw) + hlen
+    try:
+        text = header.decode("utf-8" if major == 3 else "latin1")
+        meta = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as e:
+        raise invalid(f"unreadable .npy header: {type(e).__name__}") from None
+    if not isinstance(meta, dict) or set(meta) != {"descr", "fortran_order", "shape"}:
+        raise invalid("the .npy header must be a dict with keys descr, fortran_order and shape")
+    descr, fortran, shape = meta["descr"], meta["fortran_order"], meta["shape"]
+    if not isinstance(descr, str):
+        raise invalid("structured .npy dtypes are not accepted: send a plain float array")
+    if not _FLOAT_DESCR.match(descr):
+        try:
+            name = np.dtype(descr).name
+        except (TypeError, ValueError):
+            name = "unknown"
+        hint = " (object arrays would need unpickling, which is never done)" if "O" in descr else ""
+        raise invalid(
+            f".npy dtype {descr!r} ({name}) is not supported{hint}: "
+            "send float16, float32 or float64"
+        )
+    dtype = np.dtype(descr)
+    if fortran is not False:
+        raise invalid(
+            "Fortran-order .npy arrays are not accepted: save a C-order array "
+            "(np.ascontiguousarray) instead"
+        )
+    if (
+        not isinstance(shape, tuple)
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+        or any(s < 0 for s in shape)
+    ):
+        raise invalid(f"bad .npy shape {shape!r}: need a tuple of non-negative integers")
+    return dtype, shape, offset
+
+
+def parse(path: Path, limits: Limits) -> Parsed:
+    """Read and check a ``.npy`` upload; the samples are then read from the file in chunks."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        dtype, shape, offset = read_header(f, limits)
+    if len(shape) == 1:
+        n, d = shape[0], 1
+    elif len(shape) == 2:
+        n, d = shape
+    else:
+        raise invalid(f"samples must be 1-D or 2-D (n x d), got {len(shape)}-D shape {shape}")
+    check_shape(n, d, limits)
+    canonical_dtype(dtype)
+    expected = n * d * dtype.itemsize
+    actual = size - offset
+    if actual != expected:
+        what = "truncated" if actual < expected else "longer than its header says"
+        raise invalid(
+            f"the .npy data is {what}: shape {tuple(shape)} of {dtype.name} needs "
+            f"{expected} bytes, the file holds {actual}"
+        )
+
+    def chunks(rows: int) -> Iterator[np.ndarray]:
+        step = rows * d * dtype.itemsize
+        buf = bytearray(min(step, expected))
+        with open(path, "rb") as f:
+            f.seek(offset)
+            remaining = expected
+            while remaining:
+                k = min(step, remaining)
+                view = memoryview(buf)[:k]
+                got = f.readinto(view)
+                if got != k:
+                    raise invalid("the .npy data ended early")
+                remaining -= k
+                yield np.frombuffer(view, dtype=dtype).reshape(-1, d)
+
+    reusable = (
+        path
+        if len(shape) == 2 and dtype.str in ("<f4", "<f8") and offset <= NUMPY_HEADER_LIMIT
+        else None
+    )
+    return Parsed(n=n, d=d, dtype=dtype, chunks=chunks, reusable=reusable)
