@@ -235,7 +235,11 @@ def replay(db: Database, key: str, digest: str) -> EstimateRow | None:
         202: {
             "description": "Accepted: the job (new, or the one an earlier request with the same "
             "Idempotency-Key created). Follow Location.",
-            "headers": {"Location": {"schema": {"type": "string"}}},
+            "headers": {
+                "Location": {"schema": {"type": "string"}},
+                "Retry-After": {"schema": {"type": "integer"}},
+                "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}},
+            },
         },
         **errors.responses(409, 422),
     },
@@ -288,6 +292,7 @@ def submit(
         response.headers["Idempotent-Replayed"] = "true"
         row = load_row(db, row.id) or row
     response.headers["Location"] = f"{PREFIX}/{row.id}"
+    response.headers.update(status_headers(row, settings.estimate_retry_after_s))
     return to_model(row)
 
 

@@ -77,6 +77,7 @@ def test_submit_answers_202_with_location_and_hands_the_job_over(api, recording)
     assert r.status_code == 202, r.text
     body = r.json()
     assert r.headers["location"] == f"/v1/estimates/{body['id']}"
+    assert r.headers["retry-after"] == "1" and "idempotent-replayed" not in r.headers
     assert body["id"].startswith("est_") and body["status"] == "queued"
     assert (body["method"], body["crosscheck"], body["holdout"], body["seed"]) == (
         "auto",
@@ -172,6 +173,7 @@ def test_idempotency_key_replays_the_same_job_and_refuses_another_body(api, reco
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["location"] == first.headers["location"]
+    assert again.headers["idempotent-replayed"] == "true"
     assert recording.submitted == [first.json()["id"]]
     other = api.post("/v1/estimates", json={**body, "seed": 4}, headers=key)
     assert other.status_code == 409
