@@ -1,0 +1,142 @@
+"""docker-compose.yml, .env.example and the Dockerfiles: valid and as the deployment issue asks.
+
+No Docker engine runs here, so the compose file is checked against the Compose specification's
+JSON schema (the copy check-jsonschema ships, licence Apache-2.0: no network at test time) and
+the properties the deployment relies on are asserted one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.protocols.Validator:
+    text = files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+    schema = json.loads(text.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def test_compose_file_is_valid_against_the_compose_spec(compose, validator) -> None:
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+
+
+def test_the_schema_check_would_catch_a_mistake(compose, validator) -> None:
+    bad = copy.deepcopy(compose)
+    bad["services"]["api"]["depends_on"]["postgres"]["condition"] = "service_ready"
+    assert list(validator.iter_errors(bad))
+    bad = copy.deepcopy(compose)
+    bad["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["gpus"] = 1
+    assert list(validator.iter_errors(bad))
+
+
+def test_services_and_health_checks(compose) -> None:
+    services = compose["services"]
+    assert {"api", "worker", "postgres", "redis", "migrate"} <= set(services)
+    for name in ("api", "worker", "postgres", "redis"):
+        hc = services[name]["healthcheck"]
+        assert hc["test"][0] in ("CMD", "CMD-SHELL"), name
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert "--check" in services["worker"]["healthcheck"]["test"]
+
+
+def test_redis_is_append_only_and_postgres_keeps_a_volume(compose) -> None:
+    redis_cmd = compose["services"]["redis"]["command"]
+    assert "--appendonly" in redis_cmd
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert any(
+        v.endswith(":/var/lib/postgresql/data") for v in compose["services"]["postgres"]["volumes"]
+    )
+    assert any(v.endswith(":/data") for v in compose["services"]["redis"]["volumes"])
+
+
+def test_api_and_worker_wait_for_healthy_stores_and_migrations(compose) -> None:
+    for name in ("api", "worker"):
+        dep = compose["services"][name]["depends_on"]
+        assert dep["postgres"]["condition"] == "service_healthy"
+        assert dep["redis"]["condition"] == "service_healthy"
+        assert dep["migrate"]["condition"] == "service_completed_successfully"
+        assert compose["services"][name]["environment"]["LIPWASS_MIGRATE_ON_START"] == "false"
+    assert compose["services"]["migrate"]["command"] == ["migrate"]
+
+
+def test_worker_reserves_one_nvidia_gpu(compose) -> None:
+    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+
+
+def test_api_is_scalable(compose) -> None:
+    api = compose["services"]["api"]
+    assert "container_name" not in api
+    (port,) = api["ports"]
+    host_part = port.rsplit(":", 1)[0]
+    assert re.search(r"\d+-\d+$", host_part.replace("${LIPWASS_API_PORTS:-", "").rstrip("}"))
+
+
+def test_blob_volume_is_shared_at_one_path(compose) -> None:
+    mounts = {name: compose["services"][name]["volumes"] for name in ("api", "worker")}
+    assert mounts["api"] == mounts["worker"] == ["blobs:/data"]
+    assert "blobs" in compose["volumes"]
+
+
+def test_settings_come_from_env_file_and_example_is_safe(compose) -> None:
+    for name in ("api", "worker", "migrate"):
+        (entry,) = compose["services"][name]["env_file"]
+        assert entry["path"] == ".env"
+    example = (ROOT / ".env.example").read_text()
+    keys = dict(
+        line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#")
+    )
+    assert keys["LIPWASS_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert keys["LIPWASS_BROKER_URL"].startswith("redis://")
+    assert keys["POSTGRES_PASSWORD"] == "change-me"  # a placeholder, never a real secret
+    # Every LIPWASS_* key there is a real setting (a typo would be silently ignored).
+    known = {f"LIPWASS_{name.upper()}" for name in Settings.model_fields}
+    compose_only = {"LIPWASS_API_BIND", "LIPWASS_API_PORTS", "LIPWASS_IMAGE_TAG"}
+    assert {k for k in keys if k.startswith("LIPWASS_")} - known - compose_only == set()
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.worker"])
+def test_dockerfiles_run_as_non_root_with_health_checks_and_no_secrets(name: str) -> None:
+    text = (ROOT / "docker" / name).read_text()
+    assert re.search(r"^USER (?!root)\S+", text, re.M)
+    assert re.search(r"^HEALTHCHECK ", text, re.M)
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"PASSWORD|SECRET|TOKEN|LIPWASS_DATABASE_URL", code, re.I)
+    assert re.search(r"pip install \"torch==\$\{TORCH_VERSION\}\" --index-url", text)
+    torch_at = text.index("torch==")
+    assert torch_at < text.index('pip install ".[service]"')  # torch first, then the project
+
+
+def test_images_pick_their_torch_flavour() -> None:
+    api = (ROOT / "docker" / "Dockerfile.api").read_text()
+    worker = (ROOT / "docker" / "Dockerfile.worker").read_text()
+    assert api.startswith("#") and "FROM python:3.11-slim" in api
+    assert "download.pytorch.org/whl/cpu" in api
+    assert re.search(r"CUDA_BASE=nvidia/cuda:\S+-runtime-", worker)
+    assert re.search(r"TORCH_INDEX=https://download.pytorch.org/whl/cu\d+", worker)
