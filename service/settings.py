@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     potential_cache_size: int = Field(
         8, ge=1, description="Loaded potentials kept in memory for /evaluate (LRU)."
     )
+    max_ortho_iters: int = Field(
+        50, ge=1, description="Most Björck iterations (config ortho_iters, reproject_iters)."
+    )
+    max_eval_chunk: int = Field(
+        1 << 20, ge=1, description="Largest config eval_chunk and grad_samples (memory bound)."
+    )
 
     # Dataset uploads and listing (service/ingest/, service/api/datasets.py).
     max_npy_header_bytes: int = Field(
