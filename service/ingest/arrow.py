@@ -61,6 +61,6 @@ def parse(path: Path, limits: Limits) -> Parsed:
                 samples[:, j] = _column(table, name, i)
                 j += 1
             del table
-    except pa.ArrowException as e:
+    except (pa.ArrowException, OSError) as e:
         raise invalid(f"not a valid Arrow IPC stream: {e}") from None
     return from_array(samples, weights, limits)

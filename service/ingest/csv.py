@@ -40,11 +40,12 @@ def parse(path: Path, limits: Limits) -> Parsed:
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.float64() for n in names},
+                null_values=[""],
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
         )
-    except pa.ArrowException as e:
+    except (pa.ArrowException, OSError) as e:
         raise invalid(f"unreadable CSV: {e}") from None
     check_shape(table.num_rows, len(dims), limits)
     for n in names:

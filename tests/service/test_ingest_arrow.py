@@ -1,0 +1,134 @@
+"""The Arrow IPC stream reader: float columns, an optional weight column, full validation."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from service import ingest
+
+LIMITS = ingest.Limits(max_n=10_000, max_d=64)
+ARROW = ingest.format_for("application/vnd.apache.arrow.stream")
+
+
+def stream(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, table.schema) as w:
+        w.write_table(table)
+    return buf.getvalue()
+
+
+def table_of(a: np.ndarray, weights: np.ndarray | None = None) -> pa.Table:
+    cols = {f"x{j}": a[:, j] for j in range(a.shape[1])}
+    if weights is not None:
+        cols["weight"] = weights
+    return pa.table(cols)
+
+
+def run(tmp: Path, body: bytes) -> tuple[ingest.Ingested, np.ndarray]:
+    src, out = tmp / "body.arrow", tmp / "out.npy"
+    src.write_bytes(body)
+    ds = ingest.ingest(src, ARROW, LIMITS, out)
+    return ds, np.load(ds.samples_file, allow_pickle=False)
+
+
+def rejects(tmp: Path, body: bytes, *words: str) -> None:
+    with pytest.raises(ingest.IngestError) as e:
+        run(tmp, body)
+    assert e.value.status == 422, e.value.detail
+    for w in words:
+        assert w.lower() in e.value.detail.lower(), e.value.detail
+
+
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(
+    a=st.sampled_from([np.float32, np.float64]).flatmap(
+        lambda dt: hnp.arrays(
+            dt,
+            st.tuples(st.integers(1, 15), st.integers(1, 5)),
+            elements=st.floats(-1e6, 1e6, width=32),
+        )
+    ),
+    weighted=st.booleans(),
+)
+def test_round_trip_and_same_hash_as_npy(tmp_path: Path, a: np.ndarray, weighted: bool) -> None:
+    w = np.arange(1, a.shape[0] + 1, dtype=np.float64) if weighted else None
+    ds, stored = run(tmp_path, stream(table_of(a, w)))
+    np.testing.assert_array_equal(stored, a)
+    assert stored.dtype == a.dtype and stored.flags.c_contiguous
+    assert ds.sha256 == ingest.canonical_sha256(a, w)
+    if weighted:
+        np.testing.assert_allclose(ds.weights, w / w.sum())
+        assert ds.weights.sum() == pytest.approx(1.0)
+    else:
+        assert ds.weights is None
+
+
+def test_float16_columns_become_float32_and_mixed_widths_float64(tmp_path: Path) -> None:
+    t = pa.table({"a": np.array([1, 2], dtype=np.float16), "b": np.array([3, 4], np.float16)})
+    ds, stored = run(tmp_path, stream(t))
+    assert ds.dtype == "float32" and stored.tolist() == [[1, 3], [2, 4]]
+    t = pa.table({"a": np.array([1, 2], dtype=np.float32), "b": np.array([3, 4], np.float64)})
+    ds, _ = run(tmp_path, stream(t))
+    assert ds.dtype == "float64"
+
+
+def test_integer_sample_column_is_refused(tmp_path: Path) -> None:
+    rejects(tmp_path, stream(pa.table({"a": [1.0, 2.0], "b": [1, 2]})), "'b'", "int64")
+
+
+def test_nulls_are_refused(tmp_path: Path) -> None:
+    rejects(tmp_path, stream(pa.table({"a": pa.array([1.0, None])})), "null")
+
+
+def test_nan_is_refused(tmp_path: Path) -> None:
+    rejects(tmp_path, stream(pa.table({"a": [1.0, float("nan")]})), "non-finite")
+
+
+@pytest.mark.parametrize(
+    ("weights", "words"),
+    [
+        (pa.array(["a", "b"]), ("weight", "numeric")),
+        (pa.array([1.0, -1.0]), ("negative",)),
+        (pa.array([0.0, 0.0]), ("positive",)),
+        (pa.array([1.0, None]), ("null",)),
+        (pa.array([1.0, float("inf")]), ("finite",)),
+    ],
+)
+def test_bad_weight_columns_are_refused(tmp_path: Path, weights: pa.Array, words) -> None:
+    rejects(tmp_path, stream(pa.table({"a": [1.0, 2.0], "weight": weights})), *words)
+
+
+def test_integer_weights_are_accepted(tmp_path: Path) -> None:
+    ds, _ = run(tmp_path, stream(pa.table({"a": [1.0, 2.0], "weight": [1, 3]})))
+    assert ds.weights.tolist() == [0.25, 0.75]
+
+
+def test_only_a_weight_column_is_empty(tmp_path: Path) -> None:
+    rejects(tmp_path, stream(pa.table({"weight": [1.0]})), "empty")
+
+
+def test_garbage_and_truncated_streams_are_refused(tmp_path: Path) -> None:
+    body = stream(pa.table({"a": np.arange(100, dtype=np.float64)}))
+    rejects(tmp_path, body[: len(body) // 2], "arrow")
+    rejects(tmp_path, b"not arrow at all", "arrow")
+
+
+def test_invalid_utf8_fails_full_validation(tmp_path: Path) -> None:
+    # A string column holding invalid UTF-8: only full validation sees it.
+    offsets = pa.py_buffer(np.array([0, 2, 4], np.int32).tobytes())
+    bad = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"\xff\xfeab")])
+    t = pa.Table.from_arrays([pa.array([1.0, 2.0]), bad], names=["a", "weight"])
+    with pytest.raises(pa.ArrowInvalid):
+        t.validate(full=True)
+    rejects(tmp_path, stream(t), "utf")

@@ -1,0 +1,96 @@
+"""The JSON reader: {"samples": [[...]], "weights": [...]}, float64, finite numbers only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from service import ingest
+
+LIMITS = ingest.Limits(max_n=1000, max_d=8)
+JSON = ingest.format_for("application/json")
+
+
+def run(tmp: Path, body: str | bytes, limits: ingest.Limits = LIMITS):
+    src, out = tmp / "body.json", tmp / "out.npy"
+    src.write_bytes(body.encode() if isinstance(body, str) else body)
+    ds = ingest.ingest(src, JSON, limits, out)
+    return ds, np.load(ds.samples_file, allow_pickle=False)
+
+
+def rejects(tmp: Path, body: str | bytes, *words: str, status: int = 422) -> None:
+    with pytest.raises(ingest.IngestError) as e:
+        run(tmp, body)
+    assert e.value.status == status, e.value.detail
+    for w in words:
+        assert w.lower() in e.value.detail.lower(), e.value.detail
+
+
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(
+    a=hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 12), st.integers(1, 4)),
+        elements=st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    weighted=st.booleans(),
+)
+def test_round_trip_of_random_float_arrays(tmp_path: Path, a: np.ndarray, weighted: bool) -> None:
+    doc = {"samples": a.tolist()}
+    w = np.linspace(1, 2, a.shape[0])
+    if weighted:
+        doc["weights"] = w.tolist()
+    ds, stored = run(tmp_path, json.dumps(doc))
+    np.testing.assert_array_equal(stored, a)
+    assert ds.dtype == "float64"
+    assert ds.sha256 == ingest.canonical_sha256(a, w if weighted else None)
+
+
+def test_flat_samples_are_n_by_one_and_integers_are_floats(tmp_path: Path) -> None:
+    ds, stored = run(tmp_path, '{"samples": [1, 2, 3], "weights": null}')
+    assert (ds.n, ds.d) == (3, 1) and stored.dtype == np.float64 and ds.weights is None
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("{", ("malformed",)),
+        ("[1, 2]", ("object",)),
+        ('{"weights": [1]}', ("samples",)),
+        ('{"samples": [[1, 2]], "extra": 1}', ("extra",)),
+        ('{"samples": "abc"}', ("array",)),
+        ('{"samples": [[1, 2], [3]]}', ("rectangular",)),
+        ('{"samples": [[1, "2"]]}', ("numbers",)),
+        ('{"samples": [[1, null]]}', ("numbers",)),
+        ('{"samples": [[true, false]]}', ("numbers",)),
+        ('{"samples": [[1, NaN]]}', ("nan",)),
+        ('{"samples": [[1, Infinity]]}', ("infinity",)),
+        ('{"samples": [[1, 1e400]]}', ("non-finite",)),
+        ('{"samples": []}', ("empty",)),
+        ('{"samples": [[]]}', ("empty",)),
+        ('{"samples": [[[1]]]}', ("3-d",)),
+        ('{"samples": [[1], [2]], "weights": [1]}', ("2 samples",)),
+        ('{"samples": [[1], [2]], "weights": [1, -2]}', ("negative",)),
+        ('{"samples": [[1], [2]], "weights": [0, 0]}', ("positive",)),
+        ('{"samples": [[1], [2]], "weights": [[1], [2]]}', ("flat",)),
+        ('{"samples": [[1], [2]], "weights": [1e308, 1e308]}', ("finite sum",)),
+        (b'{"samples": [[1]], "x": "\xff"}', ("utf-8",)),
+        ("[" * 100_000, ("malformed",)),
+    ],
+)
+def test_bad_json_is_refused(tmp_path: Path, body: str, words: tuple[str, ...]) -> None:
+    rejects(tmp_path, body, *words)
+
+
+def test_limits_are_413(tmp_path: Path) -> None:
+    rejects(tmp_path, json.dumps({"samples": [[0] * 9]}), "d=9", status=413)
+    rejects(tmp_path, json.dumps({"samples": [[0]] * 1001}), "n=1001", status=413)
