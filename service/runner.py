@@ -423,6 +423,8 @@ def run_job(
     ``db`` and ``blobs`` may be passed by a long-lived worker to reuse its connections; by
     default they are built from ``settings`` (and the engine disposed at the end).
     """
+    import lipcore  # noqa: F401 - import torch before claiming: a slow import must not eat the lease
+
     own_db = db is None
     db = db or Database(settings.resolved_database_url)
     blobs = blobs or BlobStore(settings.data_dir / "blobs")

@@ -1,0 +1,324 @@
+"""The embedded executor: a dispatcher thread that runs each job in a spawned child process.
+
+- ``submit`` puts a job id on an in-memory queue (deduplicated); the dispatcher starts up to
+  ``concurrency`` children (``settings.concurrency``, else one per GPU, else one), each created
+  with ``multiprocessing.get_context("spawn")`` (never fork: CUDA must not be initialised in a
+  forked child) and running :func:`service.runner.run_job`.
+- Job state lives in the store. A child that dies (killed, out of memory) leaves its lease to
+  expire; the reaper re-queues the job and hands it back here (attempt + 1).
+- ``cancel``: the API has already set the store's flag, which the child sees between training
+  steps; a child still alive after ``cancel_grace_s`` is killed and the job written ``cancelled``.
+- ``start`` submits every queued job and starts the reaper, so a restarted service resumes all
+  work; ``stop`` terminates the children and expires their leases so the next start re-runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+
+from service.reaper import Reaper
+from service.settings import Settings
+from service.store import Database, EstimateRow, JobStatus, jobs
+from service.store.models import utcnow
+
+log = logging.getLogger("lipwass.executor.local")
+
+TICK_S = 0.1  # the dispatcher's polling period when idle
+
+
+def _child_main(job_id: str, settings_data: dict[str, Any], owner: str, cuda: str | None) -> None:
+    """The spawned child's entry point: rebuild the settings and run one attempt of the job."""
+    if cuda is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+    from service.logs import setup_logging
+    from service.runner import run_job
+
+    settings = Settings(_env_file=None, **settings_data)
+    setup_logging(settings.log_level)
+    run_job(job_id, settings, owner)
+
+
+@dataclass
+class _Child:
+    job_id: str
+    process: Any  # multiprocessing.context.SpawnProcess
+    owner: str
+    slot: int
+    started: float
+    kill_at: float | None = None
+    kill_reason: str | None = None  # "cancel" or "timeout"
+
+
+class LocalExecutor:
+    """The embedded adapter of the executor port (see :mod:`service.executors.base`)."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._ctx = multiprocessing.get_context("spawn")
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._pending: set[str] = set()  # on the queue or running in a child
+        self._again: set[str] = set()  # submitted while running: queue again when the child ends
+        self._children: dict[str, _Child] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reaper = Reaper(settings, db, self.submit)
+        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
+        self.concurrency = settings.concurrency or 1
+        self._gpus: list[str] = []
+
+    # -- the port ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the dispatcher, re-submit every queued job, start the reaper."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self.concurrency, self._gpus = self._resources()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, name="lipwass-local-dispatcher", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._reaper.reap_once()  # expired leases of a previous run: re-queue them now
+            for job_id in jobs.queued_ids(self.db):
+                self.submit(job_id)
+        except Exception:  # noqa: BLE001 - the reaper repairs what this misses
+            log.exception("resuming queued jobs failed")
+        self._reaper.start()
+        log.info("local executor started (concurrency %d)", self.concurrency)
+
+    def stop(self) -> None:
+        """Stop dispatching, terminate the children, expire their leases (re-run on restart)."""
+        self._stop.set()
+        self._wake.set()
+        self._reaper.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        with self._lock:
+            children = list(self._children.values())
+            self._children.clear()
+            self._pending.clear()
+            self._again.clear()
+        for ch in children:
+            self._terminate(ch.process)
+            self._expire_lease(ch)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def submit(self, job_id: str) -> None:
+        """Queue ``job_id`` unless it is already queued here; if a child of ours still runs it
+        (an attempt that lost its lease, say), queue it again once that child has ended."""
+        with self._lock:
+            if job_id in self._children:
+                self._again.add(job_id)
+                return
+            if job_id in self._pending:
+                return
+            self._pending.add(job_id)
+        self._queue.put(job_id)
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        """The store flag is set: give the child ``cancel_grace_s`` to stop, then kill it."""
+        with self._lock:
+            ch = self._children.get(job_id)
+            if ch is not None and ch.kill_at is None:
+                ch.kill_at = time.monotonic() + self.settings.cancel_grace_s
+                ch.kill_reason = "cancel"
+        self._wake.set()
+
+    def check(self) -> None:
+        """Raise if the dispatcher (or the reaper) is not running."""
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("the local dispatcher thread is not running")
+        if not self._reaper.alive:
+            raise RuntimeError("the reaper thread is not running")
+
+    # -- introspection (tests, metrics) --------------------------------------------------------
+    def running(self) -> dict[str, int]:
+        """Job id -> pid of the child running it."""
+        with self._lock:
+            return {k: c.process.pid for k, c in self._children.items() if c.process.pid}
+
+    # -- the dispatcher ------------------------------------------------------------------------
+    def _resources(self) -> tuple[int, list[str]]:
+        """(concurrency, GPU ids for the children); torch.cuda.device_count() does not init CUDA."""
+        try:
+            import torch
+
+            count = torch.cuda.device_count()
+        except Exception:  # noqa: BLE001 - no usable torch/CUDA: CPU
+            count = 0
+        gpus: list[str] = []
+        if count > 1 and not self.settings.device:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+            gpus = ids[:count] if len(ids) >= count else [str(i) for i in range(count)]
+        return self.settings.concurrency or (count or 1), gpus
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - keep dispatching; check() reports a dead thread
+                log.exception("dispatcher tick failed")
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            children = list(self._children.values())
+        for ch in children:
+            if not ch.process.is_alive():
+                ch.process.join(timeout=1)
+                self._forget(ch)
+                if ch.process.exitcode not in (0, None):
+                    log.warning(
+                        "job process died (exit code %s): its lease will expire and it re-runs",
+                        ch.process.exitcode,
+                        extra={"job_id": ch.job_id},
+                    )
+                continue
+            limit = self.settings.job_timeout_s + 2 * self.settings.cancel_grace_s
+            if ch.kill_at is None and now - ch.started > limit:
+                ch.kill_at, ch.kill_reason = now, "timeout"
+            if ch.kill_at is not None and now >= ch.kill_at:
+                self._kill_and_end(ch)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if len(self._children) >= self.concurrency:
+                    return
+                free = sorted(
+                    set(range(self.concurrency)) - {c.slot for c in self._children.values()}
+                )
+            try:
+                job_id = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if not self._claimable(job_id):
+                with self._lock:
+                    self._pending.discard(job_id)
+                continue
+            self._spawn(job_id, free[0])
+
+    def _claimable(self, job_id: str) -> bool:
+        """Skip a spawn for jobs that are finished, or running under a live lease."""
+        with self.db.session() as s:
+            r = s.execute(
+                select(EstimateRow.status, EstimateRow.lease_expires_at).where(
+                    EstimateRow.id == job_id
+                )
+            ).first()
+        if r is None:
+            return False
+        status, lease = r
+        if status == JobStatus.queued.value:
+            return True
+        return status == JobStatus.running.value and (lease is None or lease < utcnow())
+
+    def _spawn(self, job_id: str, slot: int) -> None:
+        owner = f"{self._owner_prefix}:{uuid.uuid4().hex[:8]}"
+        cuda = self._gpus[slot % len(self._gpus)] if self._gpus else None
+        data = self.settings.model_dump(mode="json")
+        proc = self._ctx.Process(
+            target=_child_main,
+            args=(job_id, data, owner, cuda),
+            name=f"lipwass-job-{job_id}",
+            daemon=True,
+        )
+        ch = _Child(job_id, proc, owner, slot, time.monotonic())
+        with self._lock:
+            self._children[job_id] = ch
+        try:
+            proc.start()
+        except Exception:
+            with self._lock:
+                self._children.pop(job_id, None)
+                self._pending.discard(job_id)
+            log.exception("could not start the job process", extra={"job_id": job_id})
+            return
+        log.info("job process started (pid %s)", proc.pid, extra={"job_id": job_id})
+
+    def _forget(self, ch: _Child) -> None:
+        with self._lock:
+            if self._children.get(ch.job_id) is ch:
+                del self._children[ch.job_id]
+            self._pending.discard(ch.job_id)
+            again = ch.job_id in self._again
+            self._again.discard(ch.job_id)
+        if again and not self._stop.is_set():
+            self.submit(ch.job_id)
+
+    def _terminate(self, proc: Any, wait_s: float = 5.0) -> None:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(wait_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(wait_s)
+
+    def _kill_and_end(self, ch: _Child) -> None:
+        """Kill a child that ignored cancel (or ran past the time-out) and write the outcome."""
+        proc = ch.process
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        self._forget(ch)
+        with self.db.session() as s:
+            r = s.execute(
+                select(EstimateRow.attempt, EstimateRow.lease_owner, EstimateRow.status).where(
+                    EstimateRow.id == ch.job_id
+                )
+            ).first()
+        if r is None or r.status != JobStatus.running.value or r.lease_owner != ch.owner:
+            return  # the child (or the reaper) already ended it
+        claim = jobs.Claim(ch.job_id, r.attempt, ch.owner)
+        if ch.kill_reason == "cancel":
+            ok = jobs.finish(self.db, claim, JobStatus.cancelled)
+            log.info("job process killed after cancel", extra={"job_id": ch.job_id})
+        else:
+            error = {
+                "type": "timeout",
+                "title": "The job ran too long",
+                "detail": f"the job exceeded the time limit of {self.settings.job_timeout_s:g} s"
+                " (job_timeout_s); its process was killed",
+            }
+            ok = jobs.finish(self.db, claim, JobStatus.failed, error=error)
+            log.warning("job process killed after time-out", extra={"job_id": ch.job_id})
+        if not ok:
+            log.warning("outcome not recorded: attempt moved on", extra={"job_id": ch.job_id})
+
+    def _expire_lease(self, ch: _Child) -> None:
+        """A child stopped with the server: make its job re-queueable at once (by the reaper)."""
+        try:
+            with self.db.session() as s:
+                s.execute(
+                    update(EstimateRow)
+                    .where(
+                        EstimateRow.id == ch.job_id,
+                        EstimateRow.status == JobStatus.running.value,
+                        EstimateRow.lease_owner == ch.owner,
+                    )
+                    .values(lease_expires_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception:  # noqa: BLE001 - the lease then expires on its own
+            log.exception("could not expire the lease", extra={"job_id": ch.job_id})
