@@ -42,6 +42,7 @@ class EstimateRequest(BaseModel):
         ge=0,
         lt=1,
         allow_inf_nan=False,
+        strict=True,
         description="Fraction of each set held out of training for the held-out estimate.",
     )
     seed: int = Field(0, ge=0, le=INT64_MAX, strict=True, description="Seed of the whole job.")

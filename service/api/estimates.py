@@ -141,6 +141,10 @@ CONFIG_LIMITS = {
     "width": "max_width",
     "depth": "max_depth",
     "batch_size": "max_batch_size",
+    "ortho_iters": "max_ortho_iters",
+    "reproject_iters": "max_ortho_iters",
+    "eval_chunk": "max_eval_chunk",
+    "grad_samples": "max_eval_chunk",
 }
 
 

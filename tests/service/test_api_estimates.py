@@ -106,8 +106,16 @@ def test_submit_answers_202_with_location_and_hands_the_job_over(api, recording)
         ({"config": {"depth": 4}}, "config.depth"),
         ({"config": {"batch_size": 2049}}, "config.batch_size"),
         ({"config": {"steps": "many"}}, "config.steps"),
+        ({"config": {"ortho_iters": 51}}, "config.ortho_iters"),
+        ({"config": {"reproject_iters": 10**9}}, "config.reproject_iters"),
+        ({"config": {"eval_chunk": 2**21}}, "config.eval_chunk"),
+        ({"config": {"grad_samples": 2**40}}, "config.grad_samples"),
+        ({"config": {"lr": "fast"}}, "config.lr"),
+        ({"config": []}, "config"),
         ({"holdout": 1.0}, "holdout"),
         ({"holdout": -0.1}, "holdout"),
+        ({"holdout": False}, "holdout"),
+        ({"holdout": "0.1"}, "holdout"),
         ({"seed": -1}, "seed"),
         ({"seed": 2**63}, "seed"),
         ({"seed": True}, "seed"),
@@ -156,6 +164,8 @@ def test_exact_on_large_1d_sets_is_accepted(make_client, settings, recording) ->
     tgt = add_dataset(client, np.arange(50.0) + 1)
     r = client.post("/v1/estimates", json={"source": src, "target": tgt, "method": "exact"})
     assert r.status_code == 202, r.text
+    r = client.post("/v1/estimates", json={"source": src, "target": tgt, "holdout": 0})
+    assert r.status_code == 202 and r.json()["holdout"] == 0.0
 
 
 # -- idempotency ------------------------------------------------------------------------------
