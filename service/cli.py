@@ -1,0 +1,496 @@
+"""`lipwass`: serve the API, estimate or solve exactly from files, migrate, run a worker.
+
+    lipwass serve [--host 127.0.0.1] [--port 8000] [--data-dir ./lipwass-data]
+    lipwass estimate X Y [--server URL] [--method auto|lipschitz|exact] [--steps N] [--json]
+    lipwass exact X Y [--json]
+    lipwass migrate
+    lipwass worker [--gpu N] [--check]
+
+X and Y are files in any upload format (.npy, .csv, .json, .arrow). Without ``--server`` (or
+``LIPWASS_SERVER``) ``estimate`` runs in this process: lipcore directly, plus the exact
+cross-check when the inputs are small, with the same result fields as the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+# -- reading files ----------------------------------------------------------------------------
+def load_dataset(
+    path: str | os.PathLike, settings: Any = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples and normalised weights (None: uniform) of a file, parsed and validated exactly
+    as an upload of it would be (service.ingest): the CLI accepts exactly the upload formats."""
+    from service import ingest
+    from service.client import CONTENT_TYPES
+    from service.settings import Settings
+
+    settings = settings or Settings()
+    p = Path(path)
+    ctype = CONTENT_TYPES.get(p.suffix.lower())
+    if ctype is None:
+        raise ValueError(
+            f"{p}: unknown file type {p.suffix!r}; use one of {', '.join(sorted(CONTENT_TYPES))}"
+        )
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    limits = ingest.Limits(
+        max_n=settings.max_n,
+        max_d=settings.max_d,
+        max_npy_header_bytes=settings.max_npy_header_bytes,
+    )
+    with tempfile.TemporaryDirectory(prefix="lipwass-") as tmp:
+        out = Path(tmp) / "canonical.npy"
+        try:
+            got = ingest.ingest(p, ingest.format_for(ctype), limits, out)
+        except ingest.IngestError as exc:
+            raise ValueError(f"{p}: {exc.detail}") from None
+        samples = np.load(got.samples_file, allow_pickle=False)
+    return samples, got.weights
+
+
+# -- progress ---------------------------------------------------------------------------------
+class ProgressBar:
+    """A one-line progress bar on a terminal (a line per 10 % elsewhere), for both the local
+    estimator's ``Progress`` objects and the service's progress dicts."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_decile = -1
+        self.shown = False
+
+    def __call__(self, p: Any) -> None:
+        get = p.get if isinstance(p, dict) else lambda k, _d=None: getattr(p, k, _d)
+        step, total = int(get("step", 0) or 0), int(get("total_steps", 0) or 0)
+        objective, elapsed = get("objective"), float(get("elapsed_s", 0.0) or 0.0)
+        frac = min(step / total, 1.0) if total > 0 else 0.0
+        obj = f"{objective:.5g}" if isinstance(objective, int | float) else "-"
+        text = f"step {step}/{total}  objective {obj}  {elapsed:.1f}s"
+        if self.tty:
+            done = int(round(frac * self.width))
+            bar = "#" * done + "-" * (self.width - done)
+            self.stream.write(f"\r[{bar}] {100 * frac:3.0f}%  {text}\x1b[K")
+            self.stream.flush()
+            self.shown = True
+        else:
+            decile = int(frac * 10)
+            if decile > self.last_decile:
+                self.last_decile = decile
+                self.stream.write(f"{100 * frac:3.0f}%  {text}\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+# -- the in-process estimate ------------------------------------------------------------------
+def potential_center(model: Any, x: np.ndarray, a: np.ndarray | None, y: np.ndarray,
+                     b: np.ndarray | None) -> float:  # fmt: skip
+    """c = (Σ a f(x) + Σ b f(y)) / 2 of a raw potential (float64), as the service stores it."""
+    from service.report import evaluate
+
+    total = 0.0
+    for s, w in ((x, a), (y, b)):
+        f = evaluate(model, s)
+        wn = np.full(len(f), 1.0 / len(f)) if w is None else np.asarray(w, float) / np.sum(w)
+        total += float(wn @ f)
+    return total / 2.0
+
+
+def estimate_local(
+    x: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray | None = None,
+    b: np.ndarray | None = None,
+    *,
+    method: str = "auto",
+    crosscheck: str = "auto",
+    holdout: float = 0.2,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+    device: str | None = None,
+    exact_max_pairs: int = 25_000_000,
+    callback: Any = None,
+) -> tuple[dict[str, Any], Any]:
+    """The service's result contract computed in this process; returns (result, Estimate|None).
+
+    method auto: exact when n*m <= exact_max_pairs (or d = 1), else lipschitz; crosscheck auto
+    runs the exact solver next to lipschitz under the same condition.
+    """
+    import lipcore
+
+    t0 = time.perf_counter()
+    n, d = x.shape
+    m = y.shape[0]
+    small = d == 1 or n * m <= exact_max_pairs
+    if method not in ("auto", "exact", "lipschitz"):
+        raise ValueError(f"method must be auto, exact or lipschitz, got {method!r}")
+    if crosscheck not in ("auto", "always", "never"):
+        raise ValueError(f"crosscheck must be auto, always or never, got {crosscheck!r}")
+    if method == "auto":
+        method = "exact" if small else "lipschitz"
+    run_exact = method == "exact" or crosscheck == "always" or (crosscheck == "auto" and small)
+    cfg = lipcore.EstimatorConfig.from_dict(config or {}) if method == "lipschitz" else None
+    result: dict[str, Any] = {
+        "method": method, "w1": None, "lower_bound": None, "lipschitz_constant": None,
+        "holdout": None, "exact": None, "relative_gap": None, "diagnostics": None,
+        "potential_center": None, "device": "cpu", "seconds": 0.0, "steps": 0, "config": None,
+    }  # fmt: skip
+    if run_exact:
+        te = time.perf_counter()
+        value = lipcore.exact_w1(x, y, a, b, max_pairs=exact_max_pairs)
+        result["exact"] = {
+            "value": float(value),
+            "solver": "closed_form_1d" if d == 1 else "pot.emd2",
+            "seconds": time.perf_counter() - te,
+        }
+    est = None
+    if method == "lipschitz":
+        est = lipcore.estimate_w1(
+            x, y, a, b, config=cfg, holdout=holdout, seed=seed, device=device, callback=callback
+        )
+        result.update(
+            w1=float(est.lower_bound),
+            lower_bound=float(est.lower_bound),
+            lipschitz_constant=float(est.lipschitz_constant),
+            holdout=None if est.holdout is None else est.holdout.to_dict(),
+            diagnostics={
+                "grad_norm": {k: float(v) for k, v in est.grad_norm.items()},
+                "objective": float(est.objective),
+            },
+            potential_center=potential_center(est.potential.cpu(), x, a, y, b),
+            device=str(est.device),
+            steps=int(est.steps),
+            config=est.config.to_dict(),
+        )
+        ex = result["exact"]
+        if ex is not None and ex["value"] != 0:
+            result["relative_gap"] = (ex["value"] - est.lower_bound) / ex["value"]
+    else:
+        result["w1"] = result["exact"]["value"]
+    result["seconds"] = time.perf_counter() - t0
+    return result, est
+
+
+# -- output -----------------------------------------------------------------------------------
+def _g(v: Any, digits: int = 6) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str:
+    """A readable table of a result (the service's contract)."""
+    rows: list[tuple[str, str]] = []
+    if estimate_id:
+        rows.append(("estimate", estimate_id))
+    rows.append(("method", _g(result.get("method"))))
+    rows.append(("w1", _g(result.get("w1"))))
+    if result.get("lower_bound") is not None:
+        rows.append(("lower_bound", f"{_g(result['lower_bound'])}  (certified <= empirical W1)"))
+        rows.append(("lipschitz_constant", _g(result.get("lipschitz_constant"))))
+    hold = result.get("holdout")
+    if isinstance(hold, dict):
+        lo, hi = (hold.get("ci95") or [None, None])[:2]
+        rows.append(
+            (
+                "holdout",
+                f"{_g(hold.get('value'), 5)}  95% CI [{_g(lo, 5)}, {_g(hi, 5)}]"
+                f"  (n_source={hold.get('n_source')}, n_target={hold.get('n_target')})",
+            )
+        )
+    ex = result.get("exact")
+    if isinstance(ex, dict):
+        rows.append(
+            ("exact", f"{_g(ex.get('value'))}  ({ex.get('solver')}, {_g(ex.get('seconds'), 3)} s)")
+        )
+    if result.get("relative_gap") is not None:
+        rows.append(("relative_gap", f"{100 * float(result['relative_gap']):.3g} %"))
+    diag = result.get("diagnostics")
+    if isinstance(diag, dict) and isinstance(diag.get("grad_norm"), dict):
+        gn = diag["grad_norm"]
+        qs = " / ".join(_g(gn.get(k), 3) for k in ("q05", "q50", "q95"))
+        rows.append(("grad_norm q05/q50/q95", qs))
+    if result.get("method") == "lipschitz":
+        rows.append(("steps", _g(result.get("steps"))))
+    rows.append(("device", _g(result.get("device"))))
+    rows.append(("seconds", _g(result.get("seconds"), 3)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> Any:
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(args)
+    app = create_app(settings)
+    print(
+        f"lipwass: serving on http://{args.host}:{args.port} (data in {settings.data_dir}, "
+        f"{'embedded' if settings.is_embedded else 'distributed'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if args.config:
+        text = Path(args.config).read_text() if Path(args.config).is_file() else args.config
+        try:
+            config = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--config is neither a JSON object nor a JSON file: {exc}") from None
+        if not isinstance(config, dict):
+            raise ValueError("--config must be a JSON object")
+    for name in ("steps", "width", "depth", "batch_size", "lr"):
+        value = getattr(args, name)
+        if value is not None:
+            config[name] = value
+    return config
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    config = _config(args)
+    bar = ProgressBar() if not args.quiet else None
+    server = args.server or os.environ.get("LIPWASS_SERVER")
+    try:
+        if server:
+            out = _estimate_remote(args, server, config, bar)
+        else:
+            out = _estimate_here(args, config, bar)
+    finally:
+        if bar:
+            bar.close()
+    result, estimate_id = out
+    if args.json:
+        doc = {"id": estimate_id, **result} if estimate_id else result
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_result(result, estimate_id))
+    return EXIT_OK
+
+
+def _estimate_remote(
+    args: argparse.Namespace, server: str, config: dict[str, Any], bar: Any
+) -> tuple[dict[str, Any], str]:
+    from service.client import Client
+
+    with Client(server, timeout=args.timeout) as c:
+        est = c.estimate(
+            args.x, args.y, method=args.method, wait=False, crosscheck=args.crosscheck,
+            holdout=args.holdout, seed=args.seed, config=config,
+        )  # fmt: skip
+        try:
+            est = c.wait(est["id"], on_progress=bar)
+        except KeyboardInterrupt:
+            c.cancel(est["id"])  # Ctrl-C: do not leave the job running on the server
+            print(f"\nlipwass: cancelled {est['id']}", file=sys.stderr)
+            raise
+        if args.report:
+            Path(args.report).write_bytes(c.report_png(est["id"]))
+        if args.potential and est["result"].get("lipschitz_constant") is not None:
+            c.download_potential(est["id"], args.potential)
+    return est["result"], est["id"]
+
+
+def _estimate_here(
+    args: argparse.Namespace, config: dict[str, Any], bar: Any
+) -> tuple[dict[str, Any], None]:
+    settings = _settings(args)
+    x, a = load_dataset(args.x, settings)
+    y, b = load_dataset(args.y, settings)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"X has d={x.shape[1]} columns and Y has d={y.shape[1]}: they must match")
+    result, est = estimate_local(
+        x, y, a, b, method=args.method, crosscheck=args.crosscheck, holdout=args.holdout,
+        seed=args.seed, config=config, device=args.device or settings.device,
+        exact_max_pairs=settings.exact_max_pairs, callback=bar,
+    )  # fmt: skip
+    if args.potential and est is not None:
+        est.save(args.potential)
+    if args.report:
+        from service import report
+
+        inp = report.ReportInputs(
+            title=f"{args.x} -> {args.y}",
+            numbers=report.summary_numbers("succeeded", result),
+            history=np.asarray(est.history, float) if est is not None and est.history else None,
+        )
+        if est is not None:
+            report.potential_views(
+                inp, est.potential.cpu(), result["potential_center"],
+                result["lipschitz_constant"], x, a, y, b,
+                max_points=settings.report_max_points, grid=settings.report_grid, seed=args.seed,
+            )  # fmt: skip
+        Path(args.report).write_bytes(report.render_png(inp))
+    return result, None
+
+
+def cmd_exact(args: argparse.Namespace) -> int:
+    import lipcore
+
+    settings = _settings(args)
+    x, a = load_dataset(args.x, settings)
+    y, b = load_dataset(args.y, settings)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"X has d={x.shape[1]} columns and Y has d={y.shape[1]}: they must match")
+    max_pairs = args.max_pairs or settings.exact_max_pairs
+    t0 = time.perf_counter()
+    value = lipcore.exact_w1(x, y, a, b, max_pairs=max_pairs)
+    seconds = time.perf_counter() - t0
+    solver = "closed_form_1d" if x.shape[1] == 1 else "pot.emd2"
+    if args.json:
+        print(json.dumps({"w1": value, "solver": solver, "seconds": seconds, "n": len(x),
+                          "m": len(y), "d": x.shape[1]}))  # fmt: skip
+    else:
+        print(
+            format_result(
+                {"method": "exact", "w1": value, "device": "cpu", "seconds": seconds,
+                 "exact": {"value": value, "solver": solver, "seconds": seconds}}
+            )
+        )  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.store import Database
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    Database(settings.resolved_database_url).migrate()
+    print(f"lipwass: database at head ({_redact(settings.resolved_database_url)})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service import worker
+
+    return int(worker.main(_settings(args), gpu=args.gpu, check_only=args.check))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lipwass",
+        description="Certified Wasserstein-1 distances from 1-Lipschitz neural potentials.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the HTTP API (embedded: SQLite + a local worker)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--data-dir", help="data folder (default: LIPWASS_DATA_DIR or ./lipwass-data)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("estimate", help="estimate W1(X, Y) (in-process, or with --server)")
+    e.add_argument("x", metavar="X", help="source samples: .npy, .csv, .json or .arrow")
+    e.add_argument("y", metavar="Y", help="target samples: same formats")
+    e.add_argument("--server", help="lipwass URL (default: LIPWASS_SERVER; unset: in-process)")
+    e.add_argument("--method", default="auto", choices=["auto", "lipschitz", "exact"])
+    e.add_argument("--crosscheck", default="auto", choices=["auto", "always", "never"])
+    e.add_argument("--holdout", type=float, default=0.2, help="fraction held out (default 0.2)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--steps", type=int, help="most training steps")
+    e.add_argument("--width", type=int)
+    e.add_argument("--depth", type=int)
+    e.add_argument("--batch-size", dest="batch_size", type=int)
+    e.add_argument("--lr", type=float)
+    e.add_argument("--config", help="estimator config as JSON (or a JSON file)")
+    e.add_argument("--device", help="torch device (in-process only; default cuda if any)")
+    e.add_argument("--report", help="also save the report picture (PNG) here")
+    e.add_argument("--potential", help="also save the potential (safetensors) here")
+    e.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout (s)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--data-dir", help=argparse.SUPPRESS)
+    e.set_defaults(func=cmd_estimate)
+
+    x = sub.add_parser("exact", help="exact W1(X, Y) (POT, or the closed form for d = 1)")
+    x.add_argument("x", metavar="X")
+    x.add_argument("y", metavar="Y")
+    x.add_argument("--max-pairs", type=int, help="largest n*m (default: LIPWASS_EXACT_MAX_PAIRS)")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_exact)
+
+    m = sub.add_parser("migrate", help="bring the database schema to the newest revision")
+    m.add_argument("--data-dir")
+    m.set_defaults(func=cmd_migrate)
+
+    w = sub.add_parser("worker", help="run a Dramatiq worker (needs LIPWASS_BROKER_URL)")
+    w.add_argument("--gpu", help="bind to this GPU (CUDA_VISIBLE_DEVICES)")
+    w.add_argument("--check", action="store_true", help="health check: exit 0 if alive")
+    w.add_argument("--data-dir")
+    w.set_defaults(func=cmd_worker)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``lipwass`` entry point; returns the exit code (0 ok, 1 failed, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    from service.client import LipwassError
+
+    try:
+        return int(args.func(args))
+    except LipwassError as exc:
+        print(f"lipwass: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lipwass: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:  # e.g. lipcore.ExactNotConverged
+        print(f"lipwass: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("lipwass: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
