@@ -148,21 +148,8 @@ CONFIG_LIMITS = {
 }
 
 
-def normalise(req: EstimateRequest, db: Database, settings: Any) -> dict[str, Any]:
-    """Check a request against the store and the limits; its canonical form (hashable)."""
-    with db.session() as s:
-        src = s.get(DatasetRow, req.source)
-        tgt = s.get(DatasetRow, req.target)
-    if src is None:
-        raise invalid("source", f"no dataset with id {req.source!r}", "Unknown dataset")
-    if tgt is None:
-        raise invalid("target", f"no dataset with id {req.target!r}", "Unknown dataset")
-    if src.d != tgt.d:
-        raise invalid(
-            "target",
-            f"dimension {tgt.d} differs from the source's {src.d}; both sets need the same d",
-            "Dimension mismatch",
-        )
+def normalise(req: EstimateRequest, settings: Any) -> dict[str, Any]:
+    """The request's canonical form (hashable), its config checked against the limits."""
     try:
         config = lipcore.EstimatorConfig.from_dict(req.config)
     except (ValueError, TypeError) as exc:
@@ -176,6 +163,32 @@ def normalise(req: EstimateRequest, db: Database, settings: Any) -> dict[str, An
             raise invalid(
                 f"config.{field}", f"{value}{default} exceeds this server's limit of {limit}"
             )
+    return {
+        "source": req.source,
+        "target": req.target,
+        "method": req.method,
+        "crosscheck": req.crosscheck,
+        "holdout": float(req.holdout),
+        "seed": int(req.seed),
+        "config": config.to_dict(),
+    }
+
+
+def check_datasets(req: EstimateRequest, db: Database, settings: Any) -> None:
+    """Both datasets exist, share d, and fit the request (exact size limit, held-out split)."""
+    with db.session() as s:
+        src = s.get(DatasetRow, req.source)
+        tgt = s.get(DatasetRow, req.target)
+    if src is None:
+        raise invalid("source", f"no dataset with id {req.source!r}", "Unknown dataset")
+    if tgt is None:
+        raise invalid("target", f"no dataset with id {req.target!r}", "Unknown dataset")
+    if src.d != tgt.d:
+        raise invalid(
+            "target",
+            f"dimension {tgt.d} differs from the source's {src.d}; both sets need the same d",
+            "Dimension mismatch",
+        )
     pairs = src.n * tgt.n
     too_large = src.d > 1 and pairs > settings.exact_max_pairs  # d = 1: closed form, any size
     if req.method == "exact" and too_large:
@@ -200,15 +213,6 @@ def normalise(req: EstimateRequest, db: Database, settings: Any) -> dict[str, An
                     f"holding out {req.holdout} of the {name}'s {n} samples leaves none to train "
                     "on; lower it (0 disables the held-out estimate)",
                 )
-    return {
-        "source": req.source,
-        "target": req.target,
-        "method": req.method,
-        "crosscheck": req.crosscheck,
-        "holdout": float(req.holdout),
-        "seed": int(req.seed),
-        "config": config.to_dict(),
-    }
 
 
 def request_hash(canonical: dict[str, Any]) -> str:
@@ -256,11 +260,13 @@ def submit(
     executor: ExecutorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Estimate:
-    canonical = normalise(req, db, settings)
+    canonical = normalise(req, settings)
     digest = request_hash(canonical)
+    # A replay answers with the original job even if its datasets have been deleted since.
     row = replay(db, idempotency_key, digest) if idempotency_key else None
     created = False
     if row is None:
+        check_datasets(req, db, settings)
         row = EstimateRow(
             id="est_" + secrets.token_hex(12),
             status="queued",
@@ -284,7 +290,7 @@ def submit(
             # Another request with the same key won the insert, or a dataset was just deleted.
             row = replay(db, idempotency_key, digest) if idempotency_key else None
             if row is None:
-                normalise(req, db, settings)
+                check_datasets(req, db, settings)
                 raise
     if created:
         log.info("estimate queued", extra={"job_id": row.id, "method": row.method})
