@@ -1,0 +1,139 @@
+"""LocalExecutor with real spawned children: a job succeeds, cancel stops a running one, a child
+killed with SIGKILL is re-run (attempt 2, one result), and a restart resumes a running job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from jobfixtures import TINY, add_dataset, add_estimate, get_row, open_store, shifted_pair
+
+from service.blobs import BlobStore
+from service.executors.base import Executor
+from service.executors.local import LocalExecutor
+from service.settings import Settings
+from service.store import Database, EstimateRow, jobs
+
+FINISHED = ("succeeded", "failed", "cancelled")
+LONG = {**TINY, "steps": 5000, "patience": 0, "progress_every": 1}
+MEDIUM = {**TINY, "steps": 40, "patience": 0, "progress_every": 5}
+
+
+@pytest.fixture
+def env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Settings, Database, BlobStore, str, str]]:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny jobs on a shared 2-core machine
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        progress_interval_s=0.1,
+        lease_s=3.0,
+        heartbeat_s=0.3,
+        reaper_interval_s=0.3,
+        cancel_grace_s=2.0,
+        concurrency=2,
+        device="cpu",
+    )
+    db, blobs = open_store(settings)
+    x, y = shifted_pair(60, 2, 1.0)
+    yield settings, db, blobs, add_dataset(db, blobs, x), add_dataset(db, blobs, y)
+    db.dispose()
+
+
+@pytest.fixture
+def executors() -> Iterator[Callable[[Settings, Database], LocalExecutor]]:
+    made: list[LocalExecutor] = []
+
+    def make(settings: Settings, db: Database) -> LocalExecutor:
+        ex = LocalExecutor(settings, db)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.stop()
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def progressed(db: Database, est: str, step: int) -> Callable[[], bool]:
+    def cond() -> bool:
+        row = get_row(db, est)
+        return row.progress is not None and row.progress["step"] >= step
+
+    return cond
+
+
+def finished(db: Database, est: str) -> Callable[[], EstimateRow | None]:
+    def cond() -> EstimateRow | None:
+        row = get_row(db, est)
+        return row if row.status in FINISHED else None
+
+    return cond
+
+
+def test_runs_jobs_in_spawned_children_and_cancels(env, executors) -> None:
+    settings, db, blobs, sx, sy = env
+    ex = executors(settings, db)
+    assert isinstance(ex, Executor)
+    with pytest.raises(RuntimeError):
+        ex.check()  # not started
+    quick = add_estimate(db, sx, sy)
+    ex.start()  # picks up the queued job by itself
+    ex.check()
+    long = add_estimate(db, sx, sy, config=LONG)
+    ex.submit(long)
+    ex.submit(long)  # a duplicate hand-over is harmless
+    pids = wait_for(lambda: ex.running().get(long), what="the long job's child")
+    assert pids != os.getpid()
+    wait_for(progressed(db, long, 3), what="progress of the long job")
+    assert jobs.request_cancel(db, long) == "running"
+    ex.cancel(long)
+    row = wait_for(finished(db, long), timeout=30, what="the cancel")
+    assert row.status == "cancelled" and row.progress["step"] < 5000
+    row = wait_for(finished(db, quick), what="the quick job")
+    assert row.status == "succeeded" and row.attempt == 1, row.error
+    assert row.result["steps"] == 30 and blobs.potential_path(quick).exists()
+    wait_for(lambda: not ex.running(), timeout=15, what="children to end")
+    ex.stop()
+    with pytest.raises(RuntimeError):
+        ex.check()
+
+
+def test_killed_child_is_rerun_and_restart_resumes(env, executors) -> None:
+    settings, db, _, sx, sy = env
+    ex = executors(settings, db)
+    ex.start()
+    est = add_estimate(db, sx, sy, config=MEDIUM)
+    ex.submit(est)
+    wait_for(progressed(db, est, 5), what="progress before the kill")
+    assert get_row(db, est).attempt == 1
+    os.kill(ex.running()[est], signal.SIGKILL)  # the child dies (OOM killer, say)
+    # Its lease expires, the reaper re-queues the job and it runs again as attempt 2.
+    wait_for(
+        lambda: get_row(db, est).attempt == 2 and progressed(db, est, 5)(),
+        timeout=60,
+        what="attempt 2 running",
+    )
+    ex.stop()  # the server goes down with attempt 2 running
+    row = get_row(db, est)
+    assert row.status == "running" and row.result is None
+    again = executors(settings, db)
+    again.start()  # a restarted server resumes it: attempt 3 runs to the end
+    row = wait_for(finished(db, est), timeout=90, what="the resumed job")
+    assert row.status == "succeeded", row.error
+    assert row.attempt == 3 and row.result["steps"] == 40
+    assert row.history[-1][0] == 40 and row.error is None
