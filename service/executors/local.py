@@ -237,7 +237,7 @@ class LocalExecutor:
     def _spawn(self, job_id: str, slot: int) -> None:
         owner = f"{self._owner_prefix}:{uuid.uuid4().hex[:8]}"
         cuda = self._gpus[slot % len(self._gpus)] if self._gpus else None
-        data = self.settings.model_dump(mode="json")
+        data = self.settings.model_dump()  # pickled to the child (Paths, secrets intact)
         proc = self._ctx.Process(
             target=_child_main,
             args=(job_id, data, owner, cuda),

@@ -3,6 +3,7 @@ killed with SIGKILL is re-run (attempt 2, one result), and a restart resumes a r
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ from jobfixtures import TINY, add_dataset, add_estimate, get_row, open_store, sh
 
 from service.blobs import BlobStore
 from service.executors.base import Executor
-from service.executors.local import LocalExecutor
+from service.executors.local import LocalExecutor, _Child
 from service.settings import Settings
 from service.store import Database, EstimateRow, jobs
 
@@ -137,3 +138,37 @@ def test_killed_child_is_rerun_and_restart_resumes(env, executors) -> None:
     assert row.status == "succeeded", row.error
     assert row.attempt == 3 and row.result["steps"] == 40
     assert row.history[-1][0] == 40 and row.error is None
+
+
+def test_kills_a_child_that_ignores_cancel_or_runs_too_long(env, executors) -> None:
+    settings, db, _, sx, sy = env
+    s = settings.model_copy(update={"cancel_grace_s": 0.5, "job_timeout_s": 5.0})
+    ex = executors(s, db)  # not started: the test drives the dispatcher's ticks itself
+    ctx = multiprocessing.get_context("spawn")
+
+    def stuck_child(est: str, owner: str, started: float) -> _Child:
+        assert jobs.claim(db, est, owner, lease_s=60, max_attempts=3) is not None
+        proc = ctx.Process(target=time.sleep, args=(120,), daemon=True)  # a child that hangs
+        proc.start()
+        ch = _Child(est, proc, owner, 0, started)
+        ex._children[est] = ch
+        return ch
+
+    cancelled = add_estimate(db, sx, sy)
+    a = stuck_child(cancelled, "owner-a", time.monotonic())
+    assert jobs.request_cancel(db, cancelled) == "running"
+    ex.cancel(cancelled)
+    ex._tick()
+    assert a.process.is_alive()  # within its grace period
+    time.sleep(0.6)
+    ex._tick()
+    assert not a.process.is_alive() and a.process.exitcode == -signal.SIGKILL
+    assert get_row(db, cancelled).status == "cancelled"
+
+    overdue = add_estimate(db, sx, sy)
+    b = stuck_child(overdue, "owner-b", time.monotonic() - 60)  # past job_timeout_s + grace
+    ex._tick()
+    assert not b.process.is_alive()
+    row = get_row(db, overdue)
+    assert row.status == "failed" and row.error["type"] == "timeout"
+    assert ex.running() == {}
