@@ -415,3 +415,18 @@ def test_exact_job_has_no_potential(api, settings) -> None:
     assert api.get(f"{url}/potential").status_code == 404
     r = api.post(f"{url}/evaluate", json={"points": [[0, 0]]})
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem")
+
+
+def test_events_stream_is_bounded_and_notices_a_deleted_job(make_client, settings, recording):
+    fast = settings.model_copy(update={"events_poll_s": 0.02, "job_timeout_s": 0.5})
+    client = make_client(fast, executor=recording)
+    src, tgt = pair(client)
+    est = client.post("/v1/estimates", json={"source": src, "target": tgt}).json()
+    r = client.get(f"/v1/estimates/{est['id']}/events")  # queued for ever: the bound ends it
+    assert r.status_code == 200 and sse_events(r.text) == []
+    assert "reconnect" in r.text
+    with client.stream("GET", f"/v1/estimates/{est['id']}/events") as r:
+        with client.app.state.db.session() as s:
+            s.delete(s.get(EstimateRow, est["id"]))
+        text = "".join(r.iter_text())
+    assert sse_events(text) == [("error", {"id": est["id"], "status": "deleted", "error": None})]
