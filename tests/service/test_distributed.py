@@ -71,16 +71,6 @@ def _free_port() -> int:
 
 def _lipwass(*args: str) -> list[str]:
     """The command the images run: the ``lipwass`` console script of this interpreter."""
-    import importlib.util
-
-    if importlib.util.find_spec("service.cli") is None:  # TEMPORARY until the CLI lands
-        py = sys.executable
-        if args[0] == "serve":
-            return [py, "-m", "uvicorn", "--factory", "service.app:create_app", *args[1:]]
-        if args[0] == "worker":
-            return [py, "-m", "service.worker", *args[1:]]
-        code = "from service.settings import Settings as S; from service.store import Database"
-        return [py, "-c", code + " as D; D(S().resolved_database_url).migrate()"]
     script = Path(sys.executable).parent / "lipwass"
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "service.cli", *args]
 
@@ -441,3 +431,41 @@ def test_worker_killed_mid_job_the_other_worker_finishes_it_once(cluster: Cluste
     assert _owner_pid(row["owner"]) == survivor.pid
     assert len(cluster.log_lines(job_id, "job succeeded")) == 1
     assert len(cluster.log_lines(job_id, "job started")) == 2
+
+
+def test_workers_starting_together_migrate_once_without_racing(cluster: Cluster) -> None:
+    import threading
+
+    import psycopg
+
+    from service.store import Database
+    from service.worker import migrate
+
+    name = f"lipwass_test_mig_{uuid.uuid4().hex[:8]}"
+    admin = _libpq(DB_URL)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    errors: list[BaseException] = []
+    dbs = [Database(_with_database(DB_URL, name)) for _ in range(3)]
+
+    def go(db: Database) -> None:
+        try:
+            migrate(db)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=go, args=(db,)) for db in dbs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        with psycopg.connect(_with_database(admin, name)) as conn:
+            (count,) = conn.execute("SELECT count(*) FROM alembic_version").fetchone()
+        assert count == 1
+    finally:
+        for db in dbs:
+            db.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
