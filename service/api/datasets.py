@@ -8,7 +8,9 @@ twice, in any format, is one dataset (200 with the existing one instead of 201).
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,10 +27,13 @@ from service.api import errors
 from service.api.deps import BlobsDep, DbDep, SettingsDep
 from service.api.errors import ProblemError
 from service.blobs import BlobStore
+from service.ingest.npy import NpyDigest
+from service.ingest.stream import UploadSink
 from service.settings import Settings
 from service.store import Database, DatasetRow, EstimateRow, JobStatus
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+log = logging.getLogger("lipwass.api.datasets")
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 
@@ -138,20 +143,18 @@ def _body_limit(request: Request, fmt: ingest.Format, settings: Settings) -> int
     return limit
 
 
-async def _receive(request: Request, path: Path, limit: int, fmt: ingest.Format) -> int:
-    """Stream the body into ``path``, counting; 413 as soon as the count passes ``limit``."""
-    total = 0
+async def _receive(request: Request, sink: UploadSink, limit: int, fmt: ingest.Format) -> int:
+    """Stream the body into ``sink``, counting; 413 as soon as the count passes ``limit``."""
     try:
-        with open(path, "wb", buffering=1 << 20) as f:
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise _problem(
-                        ingest.too_large(
-                            f"the {fmt.name} upload is more than the limit of {limit} bytes"
-                        )
+        async for chunk in request.stream():
+            if sink.total + len(chunk) > limit:
+                raise _problem(
+                    ingest.too_large(
+                        f"the {fmt.name} upload is more than the limit of {limit} bytes"
                     )
-                f.write(chunk)
+                )
+            await sink.write(chunk)
+        await sink.finish()
     except ClientDisconnect:
         raise ProblemError(
             400,
@@ -159,7 +162,7 @@ async def _receive(request: Request, path: Path, limit: int, fmt: ingest.Format)
             "the client disconnected during the upload",
             type="/problems/invalid-upload",
         ) from None
-    return total
+    return sink.total
 
 
 def _by_sha(db: Database, sha256: str) -> DatasetRow | None:
@@ -174,11 +177,12 @@ def _ingest_and_store(
     db: Database,
     blobs: BlobStore,
     name: str | None,
+    digest: NpyDigest | None = None,
 ) -> tuple[DatasetRow, bool]:
     """Validate and canonicalise the body, store it unless known: (row, created)."""
     with blobs.temp_path(".npy") as out:
         try:
-            ds = ingest.ingest(body, fmt, _limits(settings), out)
+            ds = ingest.ingest(body, fmt, _limits(settings), out, digest)
         except ingest.IngestError as e:
             raise _problem(e) from None
         existing = _by_sha(db, ds.sha256)
@@ -278,13 +282,27 @@ async def create_dataset(
         raise _problem(e) from None
     _check_name(name, settings)
     limit = _body_limit(request, fmt, settings)
+    limits = _limits(settings)
+    t0 = time.perf_counter()
     with blobs.temp_path(f".{fmt.name}") as body:
-        total = await _receive(request, body, limit, fmt)
+        async with UploadSink(body, limits, digest=fmt.name == "npy") as sink:
+            total = await _receive(request, sink, limit, fmt)
         if total == 0:
             raise _problem(ingest.invalid("the body is empty"))
+        t1 = time.perf_counter()
         row, created = await run_in_threadpool(
-            _ingest_and_store, body, fmt, settings, db, blobs, name
+            _ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
         )
+    t2 = time.perf_counter()
+    log.info(
+        "dataset upload %s: %d bytes of %s, received in %.3f s, validated and stored in %.3f s",
+        "created" if created else "known",
+        total,
+        fmt.name,
+        t1 - t0,
+        t2 - t1,
+        extra={"dataset_id": row.id, "seconds": round(t2 - t0, 4)},
+    )
     if created:
         response.headers["Location"] = f"/v1/datasets/{row.id}"
     else:

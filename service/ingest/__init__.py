@@ -79,10 +79,13 @@ def format_for(content_type: str | None) -> Format:
     return fmt
 
 
-def ingest(path: Path, fmt: Format, limits: Limits, out: Path) -> Ingested:
+def ingest(
+    path: Path, fmt: Format, limits: Limits, out: Path, digest: npy.NpyDigest | None = None
+) -> Ingested:
     """Parse the uploaded file at ``path`` and write its canonical form to ``out`` (or reuse it).
 
+    ``digest``: what :class:`~service.ingest.stream.UploadSink` computed while receiving.
     Raises IngestError (4xx) for anything that is not a valid dataset within the limits.
     """
     parsed = fmt.parse(path, limits)
-    return canonicalize(parsed, limits, out)
+    return canonicalize(parsed, limits, out, digest)

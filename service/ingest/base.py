@@ -14,6 +14,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -171,7 +172,7 @@ def _first_non_finite(chunk: np.ndarray, row0: int) -> str:
     return f"non-finite value {value} at row {row0 + int(bad[0])}, column {int(bad[1])}"
 
 
-def _all_finite(chunk: np.ndarray) -> bool:
+def all_finite(chunk: np.ndarray) -> bool:
     # A finite sum proves every term finite (inf and nan propagate); only when the sum is not
     # finite (a non-finite value, or an overflow of large finite ones) is the exact check needed.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -180,11 +181,13 @@ def _all_finite(chunk: np.ndarray) -> bool:
     return bool(np.isfinite(chunk).all())
 
 
-def canonicalize(parsed: Parsed, limits: Limits, out: Path) -> Ingested:
+def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) -> Ingested:
     """Validate ``parsed`` and write (or reuse) its canonical ``.npy``, hashing it on the way.
 
     The samples are read in chunks of about ``CHUNK_BYTES``: memory stays bounded whatever n is.
     ``out`` is a temporary file the caller owns; it is written unless ``parsed.reusable``.
+    ``digest`` (an ``NpyDigest`` fed while the body arrived) saves that pass when it followed
+    this very data and found it finite.
     """
     n, d = parsed.n, parsed.d
     check_shape(n, d, limits)
@@ -193,6 +196,17 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path) -> Ingested:
     rows = max(1, CHUNK_BYTES // max(1, d * target.itemsize))
     h = canonical_hasher(target, n, d)
     reuse = parsed.reusable is not None and parsed.dtype == target
+    streamed = digest.result_for(parsed) if reuse and digest is not None else None
+    if streamed is not None and digest.finite:
+        return Ingested(
+            samples_file=parsed.reusable,  # type: ignore[arg-type]
+            weights=None,
+            n=n,
+            d=d,
+            dtype=target.name,
+            sha256=finish_hash(streamed, None),
+            bytes=n * d * target.itemsize,
+        )
     seen = 0
     with open(out, "wb") if not reuse else _nullfile() as f:
         if not reuse:
@@ -201,7 +215,7 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path) -> Ingested:
             c = chunk if chunk.dtype == target else chunk.astype(target)
             if c.ndim != 2 or c.shape[1] != d:
                 raise invalid(f"inconsistent row length near row {seen}: expected {d} columns")
-            if not _all_finite(c):
+            if not all_finite(c):
                 raise invalid("samples must be finite: " + _first_non_finite(c, seen))
             c = np.ascontiguousarray(c)
             view = memoryview(c).cast("B")

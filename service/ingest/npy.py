@@ -9,6 +9,7 @@ C order with one or two dimensions, and checks that the data is exactly n * d * 
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
 import struct
@@ -19,9 +20,12 @@ import numpy as np
 
 from service.ingest.base import (
     NUMPY_HEADER_LIMIT,
+    IngestError,
     Limits,
     Parsed,
+    all_finite,
     canonical_dtype,
+    canonical_hasher,
     check_shape,
     invalid,
 )
@@ -134,3 +138,89 @@ def parse(path: Path, limits: Limits) -> Parsed:
         else None
     )
     return Parsed(n=n, d=d, dtype=dtype, chunks=chunks, reusable=reusable)
+
+
+class NpyDigest:
+    """Hashes and checks a ``.npy`` body block by block while it is being received.
+
+    Only a body whose data already is canonical (2-D, ``<f4`` or ``<f8``) is followed; for any
+    other (or a malformed header) the digest goes inactive and the file is read again after the
+    upload, as for every other format. Feeding happens on one worker thread, in order.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.active = True
+        self.head = bytearray()
+        self.hasher = None
+        self.key: tuple[np.dtype, int, int] | None = None
+        self.finite = True
+        self.data_bytes = 0
+        self._carry = b""
+
+    def feed(self, block: bytes | bytearray | memoryview) -> None:
+        """Take the next bytes of the body."""
+        if not self.active:
+            return
+        if self.hasher is None:
+            self.head += block
+            self._start()
+            return
+        self._data(memoryview(block))
+
+    def _start(self) -> None:
+        head = self.head
+        if len(head) < 12:
+            return
+        if head[:6] != MAGIC or head[6] not in (1, 2, 3):
+            self.active = False
+            return
+        fmt, pre = ("<H", 10) if head[6] == 1 else ("<I", 12)
+        (hlen,) = struct.unpack_from(fmt, head, 8)
+        if hlen > self.limits.max_npy_header_bytes:
+            self.active = False
+            return
+        if len(head) < pre + hlen:
+            return
+        try:
+            dtype, shape, offset = read_header(io.BytesIO(head), self.limits)
+        except IngestError:
+            self.active = False
+            return
+        if len(shape) != 2 or dtype.str not in ("<f4", "<f8"):
+            self.active = False
+            return
+        self.key = (dtype, shape[0], shape[1])
+        self.hasher = canonical_hasher(dtype, shape[0], shape[1])
+        self.head = bytearray()
+        self._data(memoryview(head)[offset:])
+
+    def _data(self, view: memoryview) -> None:
+        self.hasher.update(view)  # type: ignore[union-attr]
+        self.data_bytes += len(view)
+        if not self.finite:
+            return
+        itemsize = self.key[0].itemsize  # type: ignore[index]
+        if self._carry:
+            need = itemsize - len(self._carry)
+            self._carry += bytes(view[:need])
+            view = view[need:]
+            if len(self._carry) == itemsize:
+                one = np.frombuffer(self._carry, dtype=self.key[0])  # type: ignore[index]
+                self.finite = bool(np.isfinite(one).all())
+                self._carry = b""
+        cut = len(view) - len(view) % itemsize
+        if cut:
+            values = np.frombuffer(view[:cut], dtype=self.key[0])  # type: ignore[index]
+            self.finite = self.finite and all_finite(values)
+        self._carry += bytes(view[cut:])
+
+    def result_for(self, parsed: Parsed):  # noqa: ANN201 - a hashlib object
+        """The hasher (data fed) when this digest followed exactly ``parsed``'s data, else None."""
+        if not self.active or self.hasher is None:
+            return None
+        if self.key != (parsed.dtype, parsed.n, parsed.d):
+            return None
+        if self.data_bytes != parsed.n * parsed.d * parsed.dtype.itemsize:
+            return None
+        return self.hasher
