@@ -221,6 +221,14 @@ class Client:
 
         return self._json("POST", "/v1/datasets", content=body(), headers=headers, params=params)
 
+    def datasets(self, **params: Any) -> dict[str, Any]:
+        """One page of datasets: {items, ...}; ``params`` go to the query (limit, offset)."""
+        return self._json("GET", "/v1/datasets", params=params or None)
+
+    def estimates(self, **params: Any) -> dict[str, Any]:
+        """One page of estimates: {items, ...}; ``params`` go to the query (status, limit...)."""
+        return self._json("GET", "/v1/estimates", params=params or None)
+
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/datasets/{dataset_id}")
 

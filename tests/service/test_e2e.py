@@ -1,0 +1,204 @@
+"""End to end: `lipwass serve` as a real process, driven over HTTP by the CLI and the client.
+
+Uploads two datasets, estimates with an exact cross-check (through `lipwass estimate --server`),
+follows SSE while cancelling a long job, then SIGKILLs the server's whole process tree while a
+job runs, restarts it on the same data folder and finds everything still there: datasets,
+finished jobs with their results and potentials, and the interrupted job finished (attempt 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.client import Client, parse_sse
+
+pytestmark = pytest.mark.slow
+
+TINY = {"width": 16, "depth": 2, "steps": 30, "batch_size": 64}
+LONG = {**TINY, "steps": 50_000, "patience": 0, "progress_every": 1}
+MEDIUM = {**TINY, "steps": 120, "patience": 0, "progress_every": 5}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m service.cli serve` in its own process group (killed whole at the end)."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {
+            **os.environ,
+            "LIPWASS_LEASE_S": "3",
+            "LIPWASS_HEARTBEAT_S": "0.3",
+            "LIPWASS_REAPER_INTERVAL_S": "0.3",
+            "LIPWASS_PROGRESS_INTERVAL_S": "0.1",
+            "LIPWASS_EVENTS_POLL_S": "0.1",
+            "LIPWASS_CANCEL_GRACE_S": "3",
+            "LIPWASS_REQUEUE_AFTER_S": "2",
+            "LIPWASS_DEVICE": "cpu",
+            "OMP_NUM_THREADS": "1",
+        }
+        env.pop("LIPWASS_DATABASE_URL", None)
+        env.pop("LIPWASS_BROKER_URL", None)
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
+        cmd += ["--data-dir", str(data_dir), "--log-level", "warning"]
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True
+            )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server not ready in {timeout} s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and every child it spawned (a crash of the whole tree)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[[], Server]]:
+    made: list[Server] = []
+
+    def start() -> Server:
+        s = Server(tmp_path / "data", tmp_path / "server.log")
+        made.append(s)
+        s.wait_ready()
+        return s
+
+    yield start
+    for s in made:
+        s.kill()
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str, server: Server) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n{server.tail()}")
+
+
+def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 2)), rng.normal(size=(50, 2)) + [1.5, 0.0]
+    np.save(tmp_path / "x.npy", x)
+    np.savetxt(tmp_path / "y.csv", y, delimiter=",", header="u,v", comments="", fmt="%.17g")
+
+    server = servers()
+    c = Client(server.url, timeout=30)
+
+    # 1. The CLI against the server: upload both files, estimate with a cross-check, wait.
+    cmd = [sys.executable, "-m", "service.cli", "estimate", str(tmp_path / "x.npy")]
+    cmd += [str(tmp_path / "y.csv"), "--server", server.url, "--method", "lipschitz"]
+    cmd += ["--crosscheck", "always", "--config", json.dumps(TINY), "--json", "-q"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr + server.tail()
+    first = json.loads(out.stdout)
+    assert first["method"] == "lipschitz" and first["w1"] == first["lower_bound"]
+    assert first["exact"]["solver"] == "pot.emd2"
+    assert first["lower_bound"] <= first["exact"]["value"] * (1 + 1e-9)
+    assert first["relative_gap"] == pytest.approx(
+        (first["exact"]["value"] - first["lower_bound"]) / first["exact"]["value"]
+    )
+    assert first["lipschitz_constant"] > 0 and first["holdout"]["n_source"] == 12
+    assert set(first["diagnostics"]["grad_norm"]) == {"q05", "q50", "q95"}
+    done_id = first["id"]
+
+    # The same data again is the same dataset (200), whichever format it came in.
+    src = c.upload(x)["id"]
+    tgt = c.upload(tmp_path / "y.csv")["id"]
+    done = c.get(done_id)
+    assert (done["source"], done["target"], done["status"]) == (src, tgt, "succeeded")
+    potential = tmp_path / "f.safetensors"
+    c.download_potential(done_id, potential)
+    values = c.evaluate(done_id, x[:3], gradient=True)
+    assert len(values["values"]) == 3 and len(values["gradients"][0]) == 2
+    assert all(np.linalg.norm(g) <= 1 + 1e-6 for g in values["gradients"])  # 1-Lipschitz
+    png = c.report_png(done_id)
+    assert png[:4] == b"\x89PNG"
+
+    # 2. Follow SSE on a long job, cancel it on the first progress event, see it end cancelled.
+    long_id = c.submit(src, tgt, method="lipschitz", crosscheck="never", config=LONG)["id"]
+    events: list[str] = []
+    with httpx.stream("GET", f"{server.url}/v1/estimates/{long_id}/events", timeout=120) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for event, data in parse_sse(r.iter_lines()):
+            events.append(event)
+            if event == "progress" and events.count("progress") == 1:
+                assert data["total_steps"] == LONG["steps"]
+                assert c.cancel(long_id)["id"] == long_id
+            if event in ("result", "error"):
+                final = data
+                break
+    assert events[0] == "progress" and events[-1] == "error", events
+    assert final["status"] == "cancelled"
+    assert final["progress"]["step"] < LONG["steps"]
+
+    # 3. Crash the server (and its job child) while a job runs; restart on the same data.
+    medium_id = c.submit(src, tgt, method="lipschitz", crosscheck="never", config=MEDIUM)["id"]
+    wait_for(
+        lambda: (c.get(medium_id).get("progress") or {}).get("step", 0) > 0,
+        120,
+        "the medium job to run",
+        server,
+    )
+    server.kill()
+    c.close()
+
+    server = servers()
+    c = Client(server.url, timeout=30)
+    listed = {d["id"] for d in c.datasets()["items"]}
+    assert {src, tgt} <= listed
+    again = c.get(done_id)
+    assert again["status"] == "succeeded" and again["result"] == done["result"]
+    assert c.get(long_id)["status"] == "cancelled"
+    restored = tmp_path / "g.safetensors"
+    c.download_potential(done_id, restored)
+    assert restored.read_bytes() == potential.read_bytes()
+    import lipcore
+
+    assert lipcore.read_potential_metadata(restored)["d"] == 2
+
+    final = c.wait(medium_id, timeout=240)
+    assert final["status"] == "succeeded" and final["attempt"] >= 2, final
+    assert final["result"]["steps"] == MEDIUM["steps"]
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'lipwass_jobs{status="succeeded"} 2.0' in metrics
+    assert 'lipwass_jobs{status="cancelled"} 1.0' in metrics
