@@ -37,10 +37,22 @@ log = logging.getLogger("lipwass.executor.local")
 TICK_S = 0.1  # the dispatcher's polling period when idle
 
 
-def _child_main(job_id: str, settings_data: dict[str, Any], owner: str, cuda: str | None) -> None:
-    """The spawned child's entry point: rebuild the settings and run one attempt of the job."""
+def _child_main(
+    job_id: str,
+    settings_data: dict[str, Any],
+    owner: str,
+    cuda: str | None,
+    threads: int | None = None,
+) -> None:
+    """The spawned child's entry point: rebuild the settings and run one attempt of the job.
+
+    ``cuda`` pins the child to one GPU; ``threads`` bounds its CPU threads when several CPU jobs
+    share the machine (set before torch is imported; a user's OMP_NUM_THREADS wins).
+    """
     if cuda is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     from service.logs import setup_logging
     from service.runner import run_job
 
@@ -79,6 +91,7 @@ class LocalExecutor:
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self.concurrency = settings.concurrency or 1
         self._gpus: list[str] = []
+        self._threads: int | None = None  # CPU threads per child when CPU jobs run side by side
 
     # -- the port ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,6 +99,8 @@ class LocalExecutor:
         if self._thread is not None and self._thread.is_alive():
             return
         self.concurrency, self._gpus = self._resources()
+        if not self._gpus and self.concurrency > 1:
+            self._threads = max(1, (os.cpu_count() or 1) // self.concurrency)
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._loop, name="lipwass-local-dispatcher", daemon=True
@@ -240,7 +255,7 @@ class LocalExecutor:
         data = self.settings.model_dump()  # pickled to the child (Paths, secrets intact)
         proc = self._ctx.Process(
             target=_child_main,
-            args=(job_id, data, owner, cuda),
+            args=(job_id, data, owner, cuda, self._threads),
             name=f"lipwass-job-{job_id}",
             daemon=True,
         )
