@@ -320,6 +320,8 @@ def _compute(
 
     exact: dict[str, Any] | None = None
     if run_exact:
+        if d > 1:
+            import ot  # noqa: F401 - import POT before timing the solve (its import is slow)
         te = time.perf_counter()
         value = lipcore.exact_w1(x, y, data["a"], data["b"], max_pairs=settings.exact_max_pairs)
         exact = {
