@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {"width": 16, "depth": 2, "steps": 30, "batch_size": 64}
 LONG = {**TINY, "steps": 50_000, "patience": 0, "progress_every": 1}
-MEDIUM = {**TINY, "steps": 120, "patience": 0, "progress_every": 5}
+MEDIUM = {**TINY, "steps": 80, "patience": 0, "progress_every": 5}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -121,7 +121,13 @@ def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", x)
     np.savetxt(tmp_path / "y.csv", y, delimiter=",", header="u,v", comments="", fmt="%.17g")
 
+    t0 = time.monotonic()
+
+    def phase(name: str) -> None:  # shown with the failure report, and with -s
+        print(f"[e2e] {time.monotonic() - t0:6.1f} s  {name}", file=sys.stderr)
+
     server = servers()
+    phase("server ready")
     c = Client(server.url, timeout=30)
 
     # 1. The CLI against the server: upload both files, estimate with a cross-check, wait.
@@ -140,6 +146,7 @@ def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
     assert first["lipschitz_constant"] > 0 and first["holdout"]["n_source"] == 12
     assert set(first["diagnostics"]["grad_norm"]) == {"q05", "q50", "q95"}
     done_id = first["id"]
+    phase("CLI estimate done")
 
     # The same data again is the same dataset (200), whichever format it came in.
     src = c.upload(x)["id"]
@@ -153,6 +160,8 @@ def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
     assert all(np.linalg.norm(g) <= 1 + 1e-6 for g in values["gradients"])  # 1-Lipschitz
     png = c.report_png(done_id)
     assert png[:4] == b"\x89PNG"
+
+    phase("potential, evaluate, report checked")
 
     # 2. Follow SSE on a long job, cancel it on the first progress event, see it end cancelled.
     long_id = c.submit(src, tgt, method="lipschitz", crosscheck="never", config=LONG)["id"]
@@ -171,6 +180,8 @@ def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
     assert final["status"] == "cancelled"
     assert final["progress"]["step"] < LONG["steps"]
 
+    phase("long job cancelled")
+
     # 3. Crash the server (and its job child) while a job runs; restart on the same data.
     medium_id = c.submit(src, tgt, method="lipschitz", crosscheck="never", config=MEDIUM)["id"]
     wait_for(
@@ -179,10 +190,12 @@ def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
         "the medium job to run",
         server,
     )
+    phase("medium job running; killing the server")
     server.kill()
     c.close()
 
     server = servers()
+    phase("restarted")
     c = Client(server.url, timeout=30)
     listed = {d["id"] for d in c.datasets()["items"]}
     assert {src, tgt} <= listed
@@ -197,6 +210,7 @@ def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
     assert lipcore.read_potential_metadata(restored)["d"] == 2
 
     final = c.wait(medium_id, timeout=240)
+    phase("medium job finished")
     assert final["status"] == "succeeded" and final["attempt"] >= 2, final
     assert final["result"]["steps"] == MEDIUM["steps"]
     metrics = httpx.get(server.url + "/metrics", timeout=10).text
