@@ -132,3 +132,18 @@ def test_invalid_utf8_fails_full_validation(tmp_path: Path) -> None:
     with pytest.raises(pa.ArrowInvalid):
         t.validate(full=True)
     rejects(tmp_path, stream(t), "utf")
+
+
+@pytest.mark.parametrize("chunk_bytes", [8, 100, 1 << 20])
+def test_multi_batch_streams_in_small_row_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    monkeypatch.setattr("service.ingest.base.CHUNK_BYTES", chunk_bytes)
+    a = np.random.default_rng(3).normal(size=(37, 3)).astype(np.float32)
+    t = table_of(a, np.ones(37))
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, t.schema) as w:
+        w.write_table(t, max_chunksize=5)
+    ds, stored = run(tmp_path, buf.getvalue())
+    np.testing.assert_array_equal(stored, a)
+    assert ds.sha256 == ingest.canonical_sha256(a, np.ones(37))

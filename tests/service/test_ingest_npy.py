@@ -189,3 +189,18 @@ def test_big_endian_header_is_rewritten_canonically(tmp_path: Path) -> None:
     assert ds.samples_file == tmp_path / "out.npy"
     assert (tmp_path / "out.npy").read_bytes().startswith(npy_header(np.dtype("<f8"), 3, 2))
     np.testing.assert_array_equal(stored, a)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 24, 1000])
+def test_small_row_chunks_give_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    monkeypatch.setattr("service.ingest.base.CHUNK_BYTES", chunk_bytes)
+    a = np.random.default_rng(4).normal(size=(41, 3)).astype(">f8")
+    ds, stored = run(tmp_path, npy_bytes(a))
+    np.testing.assert_array_equal(stored, a)
+    assert ds.sha256 == ingest.canonical_sha256(a)
+    bad = a.copy()
+    bad[40, 2] = np.inf
+    with pytest.raises(ingest.IngestError, match="row 40, column 2"):
+        run(tmp_path, npy_bytes(bad))
