@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -35,7 +36,9 @@ from service.api.estimate_models import (
     EvaluateResponse,
     Status,
 )
+from service.blobs import BlobStore
 from service.potentials import PotentialCache, evaluate
+from service.settings import Settings
 from service.store import Database, DatasetRow, EstimateRow
 from service.store import jobs as store_jobs
 
@@ -148,7 +151,7 @@ CONFIG_LIMITS = {
 }
 
 
-def normalise(req: EstimateRequest, settings: Any) -> dict[str, Any]:
+def normalise(req: EstimateRequest, settings: Settings) -> dict[str, Any]:
     """The request's canonical form (hashable), its config checked against the limits."""
     try:
         config = lipcore.EstimatorConfig.from_dict(req.config)
@@ -174,7 +177,7 @@ def normalise(req: EstimateRequest, settings: Any) -> dict[str, Any]:
     }
 
 
-def check_datasets(req: EstimateRequest, db: Database, settings: Any) -> None:
+def check_datasets(req: EstimateRequest, db: Database, settings: Settings) -> None:
     """Both datasets exist, share d, and fit the request (exact size limit, held-out split)."""
     with db.session() as s:
         src = s.get(DatasetRow, req.source)
@@ -477,7 +480,7 @@ def delete_estimate(
     return Response(status_code=204)
 
 
-def _potential_path(row: EstimateRow, blobs: Any, settings: Any) -> Any:
+def _potential_path(row: EstimateRow, blobs: BlobStore, settings: Settings) -> Path:
     """The potential file of a succeeded lipschitz job, else a 409 (not yet) or 404 (none)."""
     if row.status not in FINISHED:
         raise ProblemError(
