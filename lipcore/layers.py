@@ -9,6 +9,43 @@ from torch import nn
 from .orthogonal import bjorck, frobenius_normalise
 
 
+def _maxmin(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    a, b = x[..., :h], x[..., h:]
+    out = torch.empty_like(x)
+    torch.maximum(a, b, out=out[..., :h])
+    torch.minimum(a, b, out=out[..., h:])
+    return out
+
+
+class _MaxMinFunction(torch.autograd.Function):
+    """MaxMin whose backward routes the gradient with one saved mask and plain arithmetic.
+
+    torch.maximum / torch.minimum rebuild tie masks in their backward and torch.where is slow on
+    CPUs; here that elementwise work cost as much as the matrix products of a training step.
+    The backward is itself differentiable (double backward works)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        h = x.shape[-1] // 2
+        mask = (x[..., :h] >= x[..., h:]).to(x.dtype)  # 1 where the first half holds the max
+        ctx.save_for_backward(mask)
+        return _maxmin(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (mask,) = ctx.saved_tensors
+        h = grad.shape[-1] // 2
+        g_max, g_min = grad[..., :h], grad[..., h:]
+        t = (g_max - g_min) * mask  # first half gets g_max where mask, else g_min
+        if torch.is_grad_enabled():  # double backward: stay out of out= (not differentiable)
+            return torch.cat([g_min + t, g_max - t], dim=-1)
+        out = torch.empty_like(grad)
+        torch.add(g_min, t, out=out[..., :h])
+        torch.sub(g_max, t, out=out[..., h:])
+        return out
+
+
 class MaxMin(nn.Module):
     """GroupSort with groups of 2, pairing channel i with channel i + k/2: (max, min) halves.
 
@@ -16,9 +53,11 @@ class MaxMin(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.shape[-1] // 2
-        a, b = x[..., :h], x[..., h:]
-        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=-1)
+        if x.shape[-1] % 2:
+            raise ValueError(f"MaxMin needs an even number of channels, got {x.shape[-1]}")
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return _maxmin(x)
+        return _MaxMinFunction.apply(x)
 
 
 class FullSort(nn.Module):

@@ -89,11 +89,11 @@ def train(
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     total = config.steps
     lr_min = config.lr * config.lr_final
-    ema: float | None = None
+    ema = math.nan
     best = -math.inf
     best_step = 0
     history: list[tuple[int, float]] = []
-    obj_value = float("nan")
+    pending: list[torch.Tensor] = []  # batch objectives not yet read back (no sync per step)
     step = 0
     for step in range(1, total + 1):  # noqa: B007 - step is used after the loop
         xb, wxb = sx.draw()
@@ -107,22 +107,26 @@ def train(
         lr = lr_min + 0.5 * (config.lr - lr_min) * (1 + math.cos(math.pi * step / total))
         for group in opt.param_groups:
             group["lr"] = lr
+        pending.append(obj.detach())
+        if step % config.progress_every and step != total:
+            continue
 
-        obj_value = float(obj.detach()) * unit
-        if not math.isfinite(obj_value):
-            raise FloatingPointError(f"training diverged at step {step} (objective {obj_value})")
-        ema = obj_value if ema is None else ema + config.smoothing * (obj_value - ema)
-        if ema > best + config.tolerance * max(abs(best), abs(ema), 1e-300) or best == -math.inf:
-            best, best_step = ema, step
+        # Every progress_every steps: read the objectives back, smooth, decide, report.
+        values = torch.stack(pending).double().cpu().tolist()
+        pending.clear()
+        for k, v in enumerate(values, start=step - len(values) + 1):
+            v *= unit
+            if not math.isfinite(v):
+                raise FloatingPointError(f"training diverged at step {k} (objective {v})")
+            ema = v if math.isnan(ema) else ema + config.smoothing * (v - ema)
+            if best == -math.inf or ema > best + config.tolerance * max(abs(best), abs(ema)):
+                best, best_step = ema, k
         stop = (
             config.patience > 0 and step >= config.min_steps and step - best_step >= config.patience
         )
-        if step % config.progress_every == 0 or stop or step == total:
-            history.append((step, ema))
-            if callback is not None:
-                callback(Progress(step, total, ema, time.perf_counter() - start))
+        history.append((step, ema))
+        if callback is not None:
+            callback(Progress(step, total, ema, time.perf_counter() - start))
         if stop:
             break
-    return TrainResult(
-        step, ema if ema is not None else obj_value, time.perf_counter() - start, history
-    )
+    return TrainResult(step, ema, time.perf_counter() - start, history)
