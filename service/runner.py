@@ -390,6 +390,23 @@ def _compute(
     return result
 
 
+def _non_finite(value: Any, path: str = "result") -> str | None:
+    """The path of the first NaN or infinity in a JSON-like value (JSON cannot carry them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _non_finite(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _non_finite(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def _classify(exc: BaseException) -> JobError:
     """An exception from lipcore or the runner as a clear ``{type, title, detail}``."""
     import lipcore
@@ -455,6 +472,13 @@ def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs
             row, data = _load(db, blobs, claim.job_id)
             extra = {**extra, "method": row.method}
             result = _compute(settings, blobs, row, data, att)
+            bad = _non_finite(result)
+            if bad:
+                raise JobError(
+                    "non_finite",
+                    "The estimate is not a finite number",
+                    f"{bad} is not finite; check the inputs' scale or lower config.lr",
+                )
         except lipcore.Cancelled:
             if att.flags.lost:
                 log.warning("attempt lost its lease: abandoned", extra=extra)
@@ -474,7 +498,17 @@ def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs
             if not att.finish(JobStatus.failed, error=err.to_dict()):
                 log.warning("failure not recorded: attempt no longer current", extra=extra)
             return
-        if att.finish(JobStatus.succeeded, result=result):
+        try:
+            written = att.finish(JobStatus.succeeded, result=result)
+        except Exception as exc:  # noqa: BLE001 - e.g. the store refused the row: say so
+            log.exception("writing the result failed", extra=extra)
+            err = JobError("internal", "The result could not be stored", f"{type(exc).__name__}")
+            try:
+                att.finish(JobStatus.failed, error=err.to_dict())
+            except Exception:  # noqa: BLE001 - the store is down: the lease expires, it re-runs
+                log.exception("writing the failure failed too", extra=extra)
+            return
+        if written:
             log.info(
                 "job succeeded",
                 extra={**extra, "status": "succeeded", "seconds": time.perf_counter() - t0},

@@ -178,6 +178,17 @@ def test_unexpected_exception_fails_with_its_message(env, pair2d, monkeypatch) -
     assert "solver exploded" in row.error["detail"]
 
 
+def test_non_finite_result_fails_instead_of_storing_nan(env, pair2d, monkeypatch) -> None:
+    settings, db, _ = env
+    sx, sy, _, _ = pair2d
+    monkeypatch.setattr(lipcore, "exact_w1", lambda *a, **k: float("nan"))
+    est = add_estimate(db, sx, sy, method="exact")
+    run_job(est, settings)
+    row = get_row(db, est)
+    assert row.status == "failed" and row.error["type"] == "non_finite"
+    assert "result.w1" in row.error["detail"] and row.result is None
+
+
 def _when_running(db: Database, est: str, action, timeout: float = 60) -> threading.Thread:
     """Run ``action()`` in a thread once the job has reported progress."""
 
