@@ -45,6 +45,12 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while block := f.read(size):
@@ -111,20 +117,24 @@ def main() -> None:
                     raise SystemExit("the server did not start")
                 time.sleep(0.2)
             before = proc_status(server.pid)
-            rates, codes = [], []
+            rates, codes, cpu = [], [], []
             with httpx.Client(timeout=600) as client:
                 for run in range(args.runs + 1):
                     if run < args.runs:
                         bump(array, run)
                     headers = {"content-type": "application/x-npy", "content-length": str(size)}
-                    t0 = time.perf_counter()
+                    c0, t0 = cpu_seconds(server.pid), time.perf_counter()
                     r = client.post(f"{base}/v1/datasets", content=chunks(array), headers=headers)
                     dt = time.perf_counter() - t0
+                    cpu.append(cpu_seconds(server.pid) - c0)
                     if r.status_code not in (200, 201):
                         raise SystemExit(f"upload failed: {r.status_code} {r.text}")
                     codes.append(r.status_code)
                     rates.append(size / dt / 1e6)
-                    print(f"run {run}: {r.status_code} {dt:.2f} s {size / dt / 1e6:.0f} MB/s")
+                    print(
+                        f"run {run}: HTTP {r.status_code} {dt:.2f} s {size / dt / 1e6:.0f} MB/s, "
+                        f"server CPU {cpu[-1]:.2f} s, load average {os.getloadavg()[0]:.1f}"
+                    )
             after = proc_status(server.pid)
         finally:
             server.terminate()
@@ -140,6 +150,10 @@ def main() -> None:
         f"median {statistics.median(new):.0f} MB/s over {args.runs} new uploads "
         f"(min {min(new):.0f}, max {max(new):.0f}); same data again (HTTP {codes[-1]}): "
         f"{rates[-1]:.0f} MB/s"
+    )
+    print(
+        f"server CPU per new upload: median {statistics.median(cpu[: args.runs]):.2f} s "
+        f"(= {size / statistics.median(cpu[: args.runs]) / 1e6:.0f} MB per CPU second)"
     )
     print(
         f"server RSS before {before['VmRSS'] / 1e6:.0f} MB, peak {after['VmHWM'] / 1e6:.0f} MB: "

@@ -1,10 +1,11 @@
-"""Receiving an upload: the body goes to a file in large blocks on a worker thread.
+"""Receiving an upload: the body goes to a file in blocks, on a worker thread.
 
-The event loop only gathers the request's chunks into blocks of ``block_bytes`` and hands each to
-one worker thread, which writes it, flushes it to the disk as it goes (so that the final fsync of
-the atomic store has little left to do) and, for ``.npy`` bodies, feeds the :class:`NpyDigest`
-that hashes and checks the data while it arrives. At most ``depth`` blocks wait: memory stays
-bounded, and a slow disk slows the upload rather than filling memory.
+The event loop only gathers the request's chunks (by reference, no copy) into blocks of about
+``block_bytes`` and hands each to one worker thread, which writes it, flushes it to the disk as it
+goes (so that the final fsync of the atomic store has little left to do) and, for ``.npy``
+bodies, feeds the :class:`NpyDigest` that hashes and checks the data while it arrives. At most
+``depth`` blocks wait: memory stays bounded, and a slow disk slows the upload down rather than
+filling memory.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class UploadSink:
         self.block_bytes = block_bytes
         self.sync_every = sync_every
         self.total = 0
-        self._buf = bytearray()
+        self._buf: list[bytes] = []
+        self._buffered = 0
         self._queue: queue.Queue = queue.Queue()
         self._slots = asyncio.Semaphore(depth)
         self._error: BaseException | None = None
@@ -70,8 +72,9 @@ class UploadSink:
     async def write(self, chunk: bytes) -> None:
         """Add ``chunk``; hands a full block to the thread (waits when ``depth`` are queued)."""
         self.total += len(chunk)
-        self._buf += chunk
-        if len(self._buf) >= self.block_bytes:
+        self._buf.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= self.block_bytes:
             await self._hand_off()
 
     async def finish(self) -> None:
@@ -87,7 +90,7 @@ class UploadSink:
         if self._error is not None:
             raise self._error
         await self._slots.acquire()
-        block, self._buf = self._buf, bytearray()
+        block, self._buf, self._buffered = self._buf, [], 0
         self._queue.put(block)
 
     def _run(self) -> None:
@@ -98,12 +101,13 @@ class UploadSink:
             while (block := self._queue.get()) is not _STOP:
                 try:
                     if self._error is None:
-                        view = memoryview(block)
-                        while view:
-                            view = view[f.write(view) :]
-                        if self.digest is not None:
-                            self.digest.feed(block)
-                        unsynced += len(block)
+                        for chunk in block:  # the request's own chunks: no copy into a block
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[f.write(view) :]
+                            if self.digest is not None:
+                                self.digest.feed(chunk)
+                            unsynced += len(chunk)
                         if unsynced >= self.sync_every:
                             os.fdatasync(f.fileno())
                             unsynced = 0
