@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import datasets, errors, estimates, ops, reports
+from service.api.limits import BodyLimitMiddleware
 from service.blobs import BlobStore
 from service.executors import make_executor
 from service.executors.base import Executor
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.state.blobs = blobs
     app.state.executor = executor
     app.state.metrics = Metrics(db)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     errors.install(app)
     app.include_router(ops.router)

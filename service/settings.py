@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_n: int = Field(20_000_000, ge=1, description="Most samples in one dataset.")
     max_d: int = Field(4096, ge=1, description="Most dimensions in one dataset.")
     max_json_bytes: int = Field(64 * 1024**2, ge=1, description="Largest JSON or CSV upload.")
+    max_request_bytes: int = Field(
+        64 * 1024**2, ge=1, description="Largest body of any other request (JSON)."
+    )
 
     # Job limits.
     max_steps: int = Field(
