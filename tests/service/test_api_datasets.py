@@ -343,3 +343,37 @@ def test_openapi_documents_every_response(api: TestClient) -> None:
         spec["paths"]["/v1/datasets/{dataset_id}"]["delete"]["responses"]
     )
     assert "Dataset" in spec["components"]["schemas"]
+
+
+def test_concurrent_identical_upload_returns_the_row_that_won(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api import datasets as routes
+
+    body = {"samples": [[1.0, 2.0], [3.0, 4.0]]}
+    first = api.post("/v1/datasets", json=body).json()
+    real = routes._by_sha
+    calls = []
+
+    def blind_once(db, sha256):  # the other upload's row is not visible yet at the first look
+        calls.append(sha256)
+        return None if len(calls) == 1 else real(db, sha256)
+
+    monkeypatch.setattr(routes, "_by_sha", blind_once)
+    r = api.post("/v1/datasets", json=body)
+    assert r.status_code == 200 and r.json()["id"] == first["id"]
+    assert len(calls) == 2  # looked again after the unique sha256 refused the insert
+    assert api.get("/v1/datasets").json()["total"] == 1
+
+
+def test_bad_content_length_is_400(api: TestClient) -> None:
+    r = api.post("/v1/datasets", content=b"x", headers={**NPY, "content-length": "-5"})
+    assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM)
+
+
+def test_upload_leaves_no_temporary_files(api: TestClient) -> None:
+    api.post("/v1/datasets", content=npy(np.ones((3, 2))), headers=NPY)
+    api.post("/v1/datasets", content=npy(np.ones((3, 2))), headers=NPY)
+    api.post("/v1/datasets", content=b"junk", headers=NPY)
+    api.post("/v1/datasets", content=arrow(np.ones((3, 2))), headers=ARROW)
+    assert list(api.app.state.blobs.tmp.iterdir()) == []
