@@ -15,7 +15,7 @@ WEIGHT = "weight"
 
 
 def _header(path: Path) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         try:
             line = f.readline(1 << 20)
         except UnicodeDecodeError:

@@ -71,3 +71,8 @@ def test_bad_csv_is_refused(tmp_path: Path, text: str | bytes, words: tuple[str,
 def test_limits_are_413(tmp_path: Path) -> None:
     rejects(tmp_path, "a,b,c,d,e,f,g,h,i\n" + ",".join("1" * 9) + "\n", "d=9", status=413)
     rejects(tmp_path, "a\n" + "1\n" * 1001, "n=1001", status=413)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path: Path) -> None:
+    ds, stored = run(tmp_path, "\ufeffweight,x\n1,5\n3,6\n")
+    assert stored.tolist() == [[5.0], [6.0]] and ds.weights.tolist() == [0.25, 0.75]
