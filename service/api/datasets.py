@@ -143,6 +143,18 @@ def _body_limit(request: Request, fmt: ingest.Format, settings: Settings) -> int
     return limit
 
 
+def _fail_early(sink: UploadSink, limit: int) -> None:
+    """Stop a .npy upload whose header is already known to be refused (or too large)."""
+    digest = sink.digest
+    if digest is None:
+        return
+    if digest.failure is not None:
+        raise _problem(digest.failure)
+    if digest.announced is not None and digest.announced > limit:
+        detail = f"the .npy header announces {digest.announced} bytes; the limit is {limit} bytes"
+        raise _problem(ingest.too_large(detail))
+
+
 async def _receive(request: Request, sink: UploadSink, limit: int, fmt: ingest.Format) -> int:
     """Stream the body into ``sink``, counting; 413 as soon as the count passes ``limit``."""
     try:
@@ -154,7 +166,9 @@ async def _receive(request: Request, sink: UploadSink, limit: int, fmt: ingest.F
                     )
                 )
             await sink.write(chunk)
+            _fail_early(sink, limit)
         await sink.finish()
+        _fail_early(sink, limit)
     except ClientDisconnect:
         raise ProblemError(
             400,

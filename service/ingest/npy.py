@@ -95,11 +95,8 @@ def read_header(f, limits: Limits) -> tuple[np.dtype, tuple[int, ...], int]:  # 
     return dtype, shape, offset
 
 
-def parse(path: Path, limits: Limits) -> Parsed:
-    """Read and check a ``.npy`` upload; the samples are then read from the file in chunks."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        dtype, shape, offset = read_header(f, limits)
+def check_header(dtype: np.dtype, shape: tuple[int, ...], limits: Limits) -> tuple[int, int]:
+    """(n, d) of a parsed header: 1-D or 2-D, within the limits, a float dtype."""
     if len(shape) == 1:
         n, d = shape[0], 1
     elif len(shape) == 2:
@@ -108,6 +105,15 @@ def parse(path: Path, limits: Limits) -> Parsed:
         raise invalid(f"samples must be 1-D or 2-D (n x d), got {len(shape)}-D shape {shape}")
     check_shape(n, d, limits)
     canonical_dtype(dtype)
+    return n, d
+
+
+def parse(path: Path, limits: Limits) -> Parsed:
+    """Read and check a ``.npy`` upload; the samples are then read from the file in chunks."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        dtype, shape, offset = read_header(f, limits)
+    n, d = check_header(dtype, shape, limits)
     expected = n * d * dtype.itemsize
     actual = size - offset
     if actual != expected:
@@ -144,13 +150,17 @@ class NpyDigest:
     """Hashes and checks a ``.npy`` body block by block while it is being received.
 
     Only a body whose data already is canonical (2-D, ``<f4`` or ``<f8``) is followed; for any
-    other (or a malformed header) the digest goes inactive and the file is read again after the
-    upload, as for every other format. Feeding happens on one worker thread, in order.
+    other the digest goes inactive and the file is read again after the upload, as for every
+    other format. A header that can already be refused (malformed, wrong dtype, over the limits)
+    sets ``failure``, so that the upload can stop at once instead of receiving the rest.
+    Feeding happens on one worker thread, in order.
     """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.active = True
+        self.failure: IngestError | None = None
+        self.announced: int | None = None
         self.head = bytearray()
         self.hasher = None
         self.key: tuple[np.dtype, int, int] | None = None
@@ -172,24 +182,24 @@ class NpyDigest:
         head = self.head
         if len(head) < 12:
             return
-        if head[:6] != MAGIC or head[6] not in (1, 2, 3):
-            self.active = False
-            return
         fmt, pre = ("<H", 10) if head[6] == 1 else ("<I", 12)
         (hlen,) = struct.unpack_from(fmt, head, 8)
-        if hlen > self.limits.max_npy_header_bytes:
-            self.active = False
+        complete = len(head) >= pre + hlen
+        bad_prefix = head[:6] != MAGIC or head[6] not in (1, 2, 3)
+        if not (complete or bad_prefix or hlen > self.limits.max_npy_header_bytes):
             return
-        if len(head) < pre + hlen:
-            return
+        self.active = False  # until the header proves canonical
         try:
             dtype, shape, offset = read_header(io.BytesIO(head), self.limits)
-        except IngestError:
-            self.active = False
+            n, d = check_header(dtype, shape, self.limits)
+        except IngestError as e:
+            self.failure = e
             return
+        self.announced = offset + n * d * dtype.itemsize
         if len(shape) != 2 or dtype.str not in ("<f4", "<f8"):
             self.active = False
             return
+        self.active = True
         self.key = (dtype, shape[0], shape[1])
         self.hasher = canonical_hasher(dtype, shape[0], shape[1])
         self.head = bytearray()

@@ -377,3 +377,54 @@ def test_upload_leaves_no_temporary_files(api: TestClient) -> None:
     api.post("/v1/datasets", content=b"junk", headers=NPY)
     api.post("/v1/datasets", content=arrow(np.ones((3, 2))), headers=ARROW)
     assert list(api.app.state.blobs.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("header_of", "words"),
+    [
+        (np.ones((10, 2), dtype=np.int64), ("int64",)),
+        (np.asfortranarray(np.ones((10, 2))), ("fortran",)),
+        (np.ones((10, 2, 2)), ("3-d",)),
+    ],
+)
+def test_a_refused_npy_header_stops_the_upload_early(
+    tmp_path, header_of: np.ndarray, words: tuple[str, ...]
+) -> None:
+    import asyncio
+
+    from service import ingest
+    from service.api.datasets import _receive
+    from service.api.errors import ProblemError
+    from service.ingest.stream import UploadSink
+
+    head = npy(header_of)[: -header_of.nbytes]
+    sent = []
+
+    class Streamed:  # the request's body as it arrives, counted
+        async def stream(self):
+            yield head
+            for i in range(400):  # 400 x 64 kB = 25 MB that should never be needed
+                sent.append(i)
+                yield b"\0" * 65536
+                await asyncio.sleep(0.001)
+
+    async def upload() -> None:
+        limits = ingest.Limits(max_n=1000, max_d=10)
+        async with UploadSink(tmp_path / "b", limits, digest=True, block_bytes=65536) as sink:
+            await _receive(Streamed(), sink, 1 << 30, ingest.format_for("application/x-npy"))
+
+    with pytest.raises(ProblemError) as e:
+        asyncio.run(upload())
+    assert e.value.problem.status == 422 and e.value.problem.type == "/problems/invalid-upload"
+    for w in words:
+        assert w in e.value.problem.detail.lower()
+    assert len(sent) < 100
+
+
+def test_a_npy_header_announcing_more_than_the_limit_is_413_early(
+    make_client: Callable[..., TestClient], settings: Settings
+) -> None:
+    api = make_client(settings.model_copy(update={"max_body_bytes": 8 * 1024**2}))
+    head = npy(np.ones((1, 1), dtype=np.float32))[:-4].replace(b"(1, 1)", b"(9999999, 1)")
+    r = api.post("/v1/datasets", content=iter([head, b"\0" * 1024]), headers=NPY)
+    problem(r, 413, "/problems/upload-too-large", "announces")
