@@ -1,13 +1,17 @@
 """Routes: datasets. Uploads are streamed to the blob volume, validated, canonicalised, hashed.
 
-``POST /v1/datasets`` never holds the body in memory: it is written chunk by chunk to a temporary
-file next to the blobs (413 as soon as it passes the limit), then parsed and converted to the
-canonical ``.npy`` in bounded chunks (service.ingest) off the event loop. The same data sent
-twice, in any format, is one dataset (200 with the existing one instead of 201).
+``POST /v1/datasets`` never holds the body in memory: its chunks go to a temporary file next to
+the blobs through an :class:`~service.ingest.stream.UploadSink` (a worker thread writes, flushes
+and, for ``.npy``, hashes and checks the data as it arrives), with a 413 as soon as the count
+passes the limit and a 4xx as soon as a ``.npy`` header is refused. The file is then parsed and
+converted to the canonical ``.npy`` in bounded chunks (``service.ingest``) off the event loop; a
+canonical ``.npy`` upload is moved into the store as it is. The same data sent twice, in any
+format, is one dataset (200 with the existing one instead of 201).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 import time
@@ -276,7 +280,7 @@ _UPLOAD_BODY = {
             "headers": {"Location": {"schema": {"type": "string"}}},
         },
         200: {"model": Dataset, "description": "The same data was uploaded before."},
-        **errors.responses(400, 413, 415, 422),
+        **errors.responses(400, 413, 415, 422, 507),
     },
     openapi_extra=_UPLOAD_BODY,
 )
@@ -298,15 +302,26 @@ async def create_dataset(
     limit = _body_limit(request, fmt, settings)
     limits = _limits(settings)
     t0 = time.perf_counter()
-    with blobs.temp_path(f".{fmt.name}") as body:
-        async with UploadSink(body, limits, digest=fmt.name == "npy") as sink:
-            total = await _receive(request, sink, limit, fmt)
-        if total == 0:
-            raise _problem(ingest.invalid("the body is empty"))
-        t1 = time.perf_counter()
-        row, created = await run_in_threadpool(
-            _ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
-        )
+    try:
+        with blobs.temp_path(f".{fmt.name}") as body:
+            async with UploadSink(body, limits, digest=fmt.name == "npy") as sink:
+                total = await _receive(request, sink, limit, fmt)
+            if total == 0:
+                raise _problem(ingest.invalid("the body is empty"))
+            t1 = time.perf_counter()
+            row, created = await run_in_threadpool(
+                _ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
+            )
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.error("dataset upload: the blob volume is full (%s)", e)
+        raise ProblemError(
+            507,
+            "Insufficient storage",
+            "the server's dataset storage is full; try again later or delete datasets",
+            type="/problems/insufficient-storage",
+        ) from None
     t2 = time.perf_counter()
     log.info(
         "dataset upload %s: %d bytes of %s, received in %.3f s, validated and stored in %.3f s",

@@ -428,3 +428,13 @@ def test_a_npy_header_announcing_more_than_the_limit_is_413_early(
     head = npy(np.ones((1, 1), dtype=np.float32))[:-4].replace(b"(1, 1)", b"(9999999, 1)")
     r = api.post("/v1/datasets", content=iter([head, b"\0" * 1024]), headers=NPY)
     problem(r, 413, "/problems/upload-too-large", "announces")
+
+
+def test_a_full_disk_is_507(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(api.app.state.blobs, "put_dataset_file", full)
+    r = api.post("/v1/datasets", json={"samples": [[1.0]]})
+    problem(r, 507, "/problems/insufficient-storage", "full")
+    assert list(api.app.state.blobs.tmp.iterdir()) == []
