@@ -138,12 +138,21 @@ def parse(path: Path, limits: Limits) -> Parsed:
                 remaining -= k
                 yield np.frombuffer(view, dtype=dtype).reshape(-1, d)
 
-    reusable = (
-        path
-        if len(shape) == 2 and dtype.str in ("<f4", "<f8") and offset <= NUMPY_HEADER_LIMIT
-        else None
-    )
+    canonical = len(shape) == 2 and dtype.str in ("<f4", "<f8") and offset <= NUMPY_HEADER_LIMIT
+    reusable = path if canonical and _numpy_agrees(path, dtype, (n, d)) else None
     return Parsed(n=n, d=d, dtype=dtype, chunks=chunks, reusable=reusable)
+
+
+def _numpy_agrees(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> bool:
+    """Whether numpy's own loader (used by the workers) reads this header the same way."""
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception:  # noqa: BLE001 - any refusal means: rewrite the header ourselves
+        return False
+    ok = isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == shape
+    ok = ok and a.flags.c_contiguous
+    del a
+    return bool(ok)
 
 
 class NpyDigest:

@@ -204,3 +204,17 @@ def test_small_row_chunks_give_the_same_result(
     bad[40, 2] = np.inf
     with pytest.raises(ingest.IngestError, match="row 40, column 2"):
         run(tmp_path, npy_bytes(bad))
+
+
+def test_a_header_numpy_would_refuse_is_rewritten(tmp_path: Path) -> None:
+    # Within our (raised) header limit, but longer than numpy's loader reads by default: the
+    # stored file gets a canonical header, so the workers can np.load it.
+    a = np.arange(6, dtype=np.float32).reshape(3, 2)
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }" + " " * 20_000 + "\n"
+    h = header.encode("latin1")
+    body = b"\x93NUMPY\x02\x00" + struct.pack("<I", len(h)) + h + a.tobytes()
+    limits = ingest.Limits(max_n=100, max_d=10, max_npy_header_bytes=30_000)
+    ds, stored = run(tmp_path, body, limits)
+    assert ds.samples_file == tmp_path / "out.npy"  # rewritten with a header numpy reads
+    np.testing.assert_array_equal(stored, a)
+    assert ds.sha256 == ingest.canonical_sha256(a)
