@@ -350,6 +350,16 @@ def list_datasets(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    name: Annotated[
+        str | None, Query(max_length=200, description="Only datasets with exactly this name.")
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        Query(
+            pattern="^[0-9a-f]{64}$",
+            description="Only the dataset with this canonical hash: ask before uploading.",
+        ),
+    ] = None,
 ) -> DatasetList:
     if limit > settings.max_page_size:
         raise ProblemError(
@@ -358,11 +368,17 @@ def list_datasets(
             f"limit {limit} is over this server's page size limit of {settings.max_page_size}",
             type="/problems/validation",
         )
+    where = []
+    if name is not None:
+        where.append(DatasetRow.name == name)
+    if sha256 is not None:
+        where.append(DatasetRow.sha256 == sha256)
     with db.session() as s:
-        total = s.execute(select(func.count()).select_from(DatasetRow)).scalar_one()
+        total = s.execute(select(func.count()).select_from(DatasetRow).where(*where)).scalar_one()
         rows = (
             s.execute(
                 select(DatasetRow)
+                .where(*where)
                 .order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc())
                 .limit(limit)
                 .offset(offset)

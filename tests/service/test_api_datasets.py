@@ -438,3 +438,19 @@ def test_a_full_disk_is_507(api: TestClient, monkeypatch: pytest.MonkeyPatch) ->
     r = api.post("/v1/datasets", json={"samples": [[1.0]]})
     problem(r, 507, "/problems/insufficient-storage", "full")
     assert list(api.app.state.blobs.tmp.iterdir()) == []
+
+
+def test_list_filters_by_name_and_hash(api: TestClient) -> None:
+    from service.ingest import canonical_sha256
+
+    a = np.arange(4.0).reshape(2, 2)
+    ds = api.post("/v1/datasets", params={"name": "a"}, json={"samples": a.tolist()}).json()
+    api.post("/v1/datasets", params={"name": "b"}, json={"samples": [[9.0]]})
+    assert [d["id"] for d in api.get("/v1/datasets", params={"name": "a"}).json()["items"]] == [
+        ds["id"]
+    ]
+    # A client can compute the canonical hash locally and ask before sending the data.
+    page = api.get("/v1/datasets", params={"sha256": canonical_sha256(a)}).json()
+    assert page["total"] == 1 and page["items"][0]["id"] == ds["id"]
+    assert api.get("/v1/datasets", params={"sha256": "0" * 64}).json()["items"] == []
+    problem(api.get("/v1/datasets", params={"sha256": "xyz"}), 422, "/problems/validation")
