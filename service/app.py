@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     if settings.migrate_on_start:
         db.migrate()
     blobs = BlobStore(settings.data_dir / "blobs")
+    blobs.sweep_tmp(settings.blob_tmp_max_age_s)  # uploads cut short by a crash
     executor = executor or make_executor(settings, db, blobs)
 
     @asynccontextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,23 @@ class BlobStore:
 
     def delete_potential(self, estimate_id: str) -> None:
         self.potential_path(estimate_id).unlink(missing_ok=True)
+
+    def sweep_tmp(self, max_age_s: float) -> int:
+        """Remove temporary files untouched for ``max_age_s`` (left by a crash); returns the count.
+
+        Uploads in progress keep writing to theirs, so an age threshold keeps other processes'
+        live files (API replicas share the volume) safe.
+        """
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for path in self.tmp.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def ping(self) -> None:
         """Raise if the blob folder is not writable."""

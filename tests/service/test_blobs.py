@@ -100,3 +100,16 @@ def test_canonical_hash_is_stable() -> None:
 
 
 PINNED = "42e003b25fe7a1ef"
+
+
+def test_sweep_removes_only_old_temporary_files(blobs: BlobStore) -> None:
+    import os
+    import time
+
+    old, fresh = blobs.tmp / "old.npy", blobs.tmp / "fresh.npy"
+    old.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"an upload in progress")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert blobs.sweep_tmp(3600) == 1
+    assert not old.exists() and fresh.exists()
