@@ -135,6 +135,7 @@ class DramatiqExecutor:
     def stop(self) -> None:
         self.reaper.stop()
         self.broker.close()
+        self.broker.client.connection_pool.disconnect()
 
     def submit(self, job_id: str) -> None:
         """Enqueue the job; on a broker outage this raises and the reaper re-submits later."""

@@ -341,6 +341,41 @@ def test_duplicate_messages_run_a_job_once(cluster: Cluster, data) -> None:
     broker.client.connection_pool.disconnect()
 
 
+def test_reaper_resubmit_skips_a_job_whose_message_is_still_in_redis(cluster: Cluster) -> None:
+    import redis
+
+    from service.executors.dramatiq import DramatiqExecutor, pending_job_ids
+    from service.settings import Settings
+    from service.store import Database
+
+    namespace = f"{cluster.namespace}-dedup"  # no worker listens here
+    settings = Settings(
+        _env_file=None,
+        database_url=cluster.env["LIPWASS_DATABASE_URL"],
+        broker_url=BROKER_URL,
+        broker_namespace=namespace,
+    )
+    db = Database(settings.resolved_database_url)
+    ex = DramatiqExecutor(settings, db)
+    rds = redis.Redis.from_url(BROKER_URL)
+    queue = f"{namespace}:{settings.broker_queue}"
+    try:
+        ex.submit("est_a")
+        assert pending_job_ids(ex.broker, settings.broker_queue) == {"est_a"}
+        ex._resubmit("est_a")  # the reaper's path: a message is there already
+        assert rds.llen(queue) == 1
+        ex._resubmit("est_b")
+        assert rds.llen(queue) == 2
+        ex.check()
+    finally:
+        ex.stop()
+        db.dispose()
+        keys = list(rds.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            rds.delete(*keys)
+        rds.close()
+
+
 def test_cancel_through_one_api_stops_a_job_running_under_a_worker(cluster: Cluster, data) -> None:
     src, tgt = data
     job_id = cluster.submit(src, tgt, {**LONG, "steps": 20_000, "min_steps": 20_000}, api=0)
@@ -431,6 +466,19 @@ def test_worker_killed_mid_job_the_other_worker_finishes_it_once(cluster: Cluste
     assert _owner_pid(row["owner"]) == survivor.pid
     assert len(cluster.log_lines(job_id, "job succeeded")) == 1
     assert len(cluster.log_lines(job_id, "job started")) == 2
+
+
+def test_sigterm_stops_a_worker_cleanly(cluster: Cluster) -> None:
+    """Runs after the kill test: the surviving worker is idle; SIGTERM ends it with code 0."""
+    (worker,) = [w for w in cluster.workers if w.alive()]
+    health = cluster.root / f"{worker.name}.health"
+    assert health.exists()
+    t0 = time.monotonic()
+    worker.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert worker.popen.wait(30) == 0  # type: ignore[union-attr]
+    assert time.monotonic() - t0 < 15
+    assert "worker stopped" in worker.text()
+    assert not health.exists()
 
 
 def test_workers_starting_together_migrate_once_without_racing(cluster: Cluster) -> None:
