@@ -9,6 +9,7 @@ data sent as ``.npy``, Arrow, CSV or JSON (with the same dtype) gets the same sh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from collections.abc import Callable, Iterator
@@ -160,10 +161,11 @@ def normalise_weights(weights: np.ndarray, n: int) -> np.ndarray:
         raise invalid(f"weights must be finite: weight {int(np.argmin(np.isfinite(w)))} is not")
     if (w < 0).any():
         raise invalid(f"weights must be non-negative: weight {int(np.argmax(w < 0))} is negative")
-    total = float(w.sum(dtype=np.float64))
-    if not total > 0 or not np.isfinite(total):
-        raise invalid("weights must have a positive, finite sum")
-    return w / total
+    top = float(w.max())
+    if not top > 0:
+        raise invalid("weights must have a positive sum: they are all zero")
+    w = w / top  # first scale by the largest, so that huge finite weights cannot overflow the sum
+    return w / w.sum(dtype=np.float64)
 
 
 def _first_non_finite(chunk: np.ndarray, row0: int) -> str:
@@ -173,6 +175,7 @@ def _first_non_finite(chunk: np.ndarray, row0: int) -> str:
 
 
 def all_finite(chunk: np.ndarray) -> bool:
+    """Whether every value of a float array is finite, at about the cost of one sum."""
     # A finite sum proves every term finite (inf and nan propagate); only when the sum is not
     # finite (a non-finite value, or an overflow of large finite ones) is the exact check needed.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -208,7 +211,7 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) 
             bytes=n * d * target.itemsize,
         )
     seen = 0
-    with open(out, "wb") if not reuse else _nullfile() as f:
+    with open(out, "wb") if not reuse else contextlib.nullcontext() as f:
         if not reuse:
             f.write(npy_header(target, n, d))
         for chunk in parsed.chunks(rows):
@@ -235,19 +238,6 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) 
         sha256=finish_hash(h, weights),
         bytes=nbytes,
     )
-
-
-class _nullfile:
-    """A stand-in for the output file when the upload itself is reused."""
-
-    def __enter__(self) -> _nullfile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def write(self, _: object) -> None:  # pragma: no cover - never called when reusing
-        raise AssertionError
 
 
 def array_chunks(a: np.ndarray) -> Callable[[int], Iterator[np.ndarray]]:
