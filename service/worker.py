@@ -187,14 +187,22 @@ def main(
     interval = beat_interval(settings)
     stuck_after = settings.cancel_grace_s + 2 * settings.heartbeat_s
 
+    failing = False
+
     def beat_loop() -> None:
+        nonlocal failing
         while not beats_stop.wait(interval):
             try:
                 broker_heartbeat(broker, settings.broker_queue)
                 hfile.parent.mkdir(parents=True, exist_ok=True)
                 hfile.touch()
-            except Exception:  # noqa: BLE001 - Redis hiccup: the next beat retries
-                log.warning("broker heartbeat failed", exc_info=True)
+                if failing:
+                    log.info("broker reachable again")
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - Redis hiccup: the next beat retries
+                if not failing:  # once per outage, not once per beat
+                    log.warning("broker heartbeat failed: %s: %s", type(exc).__name__, exc)
+                failing = True
             with current.lock:
                 job_id, owner = current.job_id, current.owner
             if job_id is None or owner is None:
@@ -229,7 +237,11 @@ def main(
     signal.signal(signal.SIGINT, on_signal)
 
     beats = threading.Thread(target=beat_loop, name="lipwass-broker-heartbeat", daemon=True)
-    broker_heartbeat(broker, settings.broker_queue)  # fail fast if Redis is unreachable
+    try:
+        broker_heartbeat(broker, settings.broker_queue)  # fail fast if Redis is unreachable
+    except Exception as exc:  # noqa: BLE001 - reported, and the exit code says it
+        log.error("broker unreachable at start: %s: %s", type(exc).__name__, exc)
+        return 1
     hfile.touch()
     beats.start()
     worker.start()
