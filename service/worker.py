@@ -88,6 +88,19 @@ class _Current:
         with self.lock:
             self.job_id, self.owner, self.gone_since = job_id, owner, None
 
+    def stuck(self, job_id: str, ours: bool, now: float, after_s: float) -> bool:
+        """Note what the store says of ``job_id``; True once it has not been this run's for
+        longer than ``after_s`` while the worker thread still computes it."""
+        with self.lock:
+            if self.job_id != job_id:
+                return False
+            if ours:
+                self.gone_since = None
+                return False
+            if self.gone_since is None:
+                self.gone_since = now
+            return now - self.gone_since > after_s
+
 
 def _route_dramatiq_logs() -> None:
     """Dramatiq's own warnings (failed messages, connection errors) as our JSON lines."""
@@ -211,20 +224,12 @@ def main(
                 ours = _still_ours(db, job_id, owner)
             except Exception:  # noqa: BLE001 - store hiccup
                 continue
-            now = time.monotonic()
-            with current.lock:
-                if current.job_id != job_id:
-                    continue
-                if ours:
-                    current.gone_since = None
-                elif current.gone_since is None:
-                    current.gone_since = now
-                elif now - current.gone_since > stuck_after:
-                    log.error(
-                        "job ended in the store but its computation is stuck: exiting",
-                        extra={"job_id": job_id},
-                    )
-                    os._exit(EXIT_STUCK)
+            if current.stuck(job_id, ours, time.monotonic(), stuck_after):
+                log.error(
+                    "job ended in the store but its computation is stuck: exiting",
+                    extra={"job_id": job_id},
+                )
+                os._exit(EXIT_STUCK)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
