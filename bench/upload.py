@@ -6,7 +6,11 @@ hashing, storage and answer) and the growth of the server's peak resident memory
 resident memory before the first upload, against the array size. Each run changes one value so
 that every upload is new data (201), then the last array is sent once more (the 200 path).
 
-    .venv/bin/python bench/upload.py [--n 1000000] [--d 64] [--runs 3]
+    .venv/bin/python bench/upload.py [--n 1000000] [--d 64] [--runs 3] [--baselines]
+
+``--baselines`` also sends the same file through raw TCP loopback and through a bare Starlette
+route that only writes the body to a file: the ceilings of this machine, at this moment (on a
+shared machine they move with the load), against which the service's figure reads.
 """
 
 from __future__ import annotations
@@ -57,6 +61,102 @@ def chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield block
 
 
+def start_server(cmd: list[str], env: dict[str, str], stderr: object, health: str):  # noqa: ANN201
+    """Start ``cmd`` and wait until ``health`` answers 200 (or any answer when 404 is fine)."""
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=stderr)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(health, timeout=1)
+            return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise SystemExit("the server did not start")
+        time.sleep(0.2)
+
+
+def uvicorn_cmd(app: str, port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", app, *extra, "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+
+
+async def drain_app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
+    """Baseline: a Starlette route that only writes the body to a file (no checks, no hash)."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    if scope["type"] != "http":
+        return
+    request = Request(scope, receive)
+    with open(os.environ["DRAIN_TO"], "wb", buffering=1 << 20) as f:
+        async for chunk in request.stream():
+            f.write(chunk)
+        os.fsync(f.fileno())
+    await Response(status_code=204)(scope, receive, send)
+
+
+def _raw_sink(port_q: object, n: int, out: str) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port_q.put(srv.getsockname()[1])  # type: ignore[attr-defined]
+    conn, _ = srv.accept()
+    buf, got = bytearray(1 << 20), 0
+    with open(out, "wb", buffering=0) as f:
+        while got < n and (k := conn.recv_into(buf)):
+            f.write(memoryview(buf)[:k])
+            got += k
+        os.fsync(f.fileno())
+    conn.sendall(b"ok")
+    conn.close()
+
+
+def baselines(array: Path, size: int, tmp: Path, runs: int) -> None:
+    """The same bytes through (a) raw TCP loopback and (b) a bare Starlette drain route."""
+    import multiprocessing as mp
+
+    raw = []
+    for _ in range(runs):
+        q: mp.Queue = mp.Queue()
+        p = mp.Process(target=_raw_sink, args=(q, size, str(tmp / "raw.out")))
+        p.start()
+        conn = socket.create_connection(("127.0.0.1", q.get()))
+        t0 = time.perf_counter()
+        with open(array, "rb") as f:
+            conn.sendfile(f)
+        conn.recv(2)
+        raw.append(size / (time.perf_counter() - t0) / 1e6)
+        p.join()
+        conn.close()
+    print(
+        f"baseline raw TCP loopback (sendfile -> recv_into -> file + fsync, no HTTP): median "
+        f"{statistics.median(raw):.0f} MB/s (min {min(raw):.0f}, max {max(raw):.0f})"
+    )
+    port = free_port()
+    env = {**os.environ, "DRAIN_TO": str(tmp / "drain.out")}
+    cmd = uvicorn_cmd("upload:drain_app", port, "--app-dir", str(Path(__file__).parent))
+    server = start_server(cmd, env, None, f"http://127.0.0.1:{port}/")
+    rates = []
+    try:
+        with httpx.Client(timeout=600) as client:
+            for _ in range(runs):
+                headers = {"content-type": "application/x-npy", "content-length": str(size)}
+                t0 = time.perf_counter()
+                client.post(f"http://127.0.0.1:{port}/", content=chunks(array), headers=headers)
+                rates.append(size / (time.perf_counter() - t0) / 1e6)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(
+        f"baseline bare Starlette route draining to a file (same httpx client): median "
+        f"{statistics.median(rates):.0f} MB/s (min {min(rates):.0f}, max {max(rates):.0f})"
+    )
+
+
 def make_array(path: Path, n: int, d: int) -> int:
     """Write an n x d float32 .npy in slabs (the benchmark client stays small too)."""
     rng = np.random.default_rng(0)
@@ -82,6 +182,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--baselines", action="store_true", help="also time raw TCP and a bare Starlette route"
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="lipwass-bench-upload-") as tmp:
@@ -96,26 +199,12 @@ def main() -> None:
             "LIPWASS_LOG_LEVEL": "INFO",
             "LIPWASS_MAX_BODY_BYTES": str(4 * 1024**3),
         }
-        cmd = [
-            sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--no-access-log",
-        ]  # fmt: skip
+        cmd = uvicorn_cmd("service.app:create_app", port, "--factory")
         log_path = tmp_path / "server.log"
         log_file = open(log_path, "w")  # noqa: SIM115 - closed below
-        server = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log_file)
         base = f"http://127.0.0.1:{port}"
+        server = start_server(cmd, env, log_file, f"{base}/healthz")
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.2)
             before = proc_status(server.pid)
             rates, codes, cpu = [], [], []
             with httpx.Client(timeout=600) as client:
@@ -143,6 +232,8 @@ def main() -> None:
         for line in log_path.read_text().splitlines():
             if '"dataset upload' in line:
                 print("server:", json.loads(line)["msg"])
+        if args.baselines:
+            baselines(array, size, tmp_path, args.runs)
     growth = after["VmHWM"] - before["VmRSS"]
     new = rates[: args.runs]
     print(
