@@ -11,8 +11,11 @@ format, is one dataset (200 with the existing one instead of 201).
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import logging
+import os
 import secrets
 import time
 from datetime import datetime
@@ -183,6 +186,22 @@ async def _receive(request: Request, sink: UploadSink, limit: int, fmt: ingest.F
     return sink.total
 
 
+def _discard_later(path: Path) -> None:
+    """Remove a left-over upload file off the event loop (unlinking GBs takes a while).
+
+    Renamed first (instant), so that ``temp_path``'s own clean-up finds nothing to do; a crash
+    before the removal leaves it to the start-up sweep of temporary files.
+    """
+    if not path.exists():  # moved into the store
+        return
+    doomed = path.with_name(path.name + ".discard")
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        return
+    asyncio.get_running_loop().run_in_executor(None, functools.partial(doomed.unlink, True))
+
+
 def _by_sha(db: Database, sha256: str) -> DatasetRow | None:
     with db.session() as s:
         return s.execute(select(DatasetRow).where(DatasetRow.sha256 == sha256)).scalar_one_or_none()
@@ -304,14 +323,17 @@ async def create_dataset(
     t0 = time.perf_counter()
     try:
         with blobs.temp_path(f".{fmt.name}") as body:
-            async with UploadSink(body, limits, digest=fmt.name == "npy") as sink:
-                total = await _receive(request, sink, limit, fmt)
-            if total == 0:
-                raise _problem(ingest.invalid("the body is empty"))
-            t1 = time.perf_counter()
-            row, created = await run_in_threadpool(
-                _ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
-            )
+            try:
+                async with UploadSink(body, limits, digest=fmt.name == "npy") as sink:
+                    total = await _receive(request, sink, limit, fmt)
+                if total == 0:
+                    raise _problem(ingest.invalid("the body is empty"))
+                t1 = time.perf_counter()
+                row, created = await run_in_threadpool(
+                    _ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
+                )
+            finally:
+                _discard_later(body)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
