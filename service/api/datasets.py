@@ -317,6 +317,13 @@ async def create_dataset(
         fmt = ingest.format_for(request.headers.get("content-type"))
     except ingest.IngestError as e:
         raise _problem(e) from None
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _problem(
+            ingest.unsupported(
+                f"Content-Encoding {encoding[:40]!r} is not accepted: send the body uncompressed"
+            )
+        )
     _check_name(name, settings)
     limit = _body_limit(request, fmt, settings)
     limits = _limits(settings)

@@ -42,6 +42,7 @@ __all__ = [
     "ingest",
     "invalid",
     "too_large",
+    "unsupported",
 ]
 
 

@@ -157,6 +157,13 @@ def test_weights_are_normalised_and_scale_free(api: TestClient) -> None:
         ),
         (b"1,2", {"content-type": "text/plain"}, 415, "unsupported-media-type", ("text/plain",)),
         (b"1,2", {}, 415, "unsupported-media-type", ("content-type",)),
+        (
+            b"\x1f\x8b",
+            {**NPY, "content-encoding": "gzip"},
+            415,
+            "unsupported-media-type",
+            ("gzip",),
+        ),
     ],
 )
 def test_bad_uploads_are_problems(
