@@ -10,6 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from service.settings import Settings
 from service.store import EstimateRow
@@ -473,3 +477,35 @@ def test_list_filters_by_name_and_hash(api: TestClient) -> None:
     assert page["total"] == 1 and page["items"][0]["id"] == ds["id"]
     assert api.get("/v1/datasets", params={"sha256": "0" * 64}).json()["items"] == []
     problem(api.get("/v1/datasets", params={"sha256": "xyz"}), 422, "/problems/validation")
+
+
+@hsettings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    a=hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 8), st.integers(1, 3)),
+        elements=st.floats(allow_nan=False, allow_infinity=False, width=64),
+    ),
+    fmt=st.sampled_from(["npy", "arrow", "csv", "json"]),
+)
+def test_http_round_trip_of_random_arrays_in_every_format(
+    api: TestClient, a: np.ndarray, fmt: str
+) -> None:
+    from service.ingest import canonical_sha256
+
+    if fmt == "npy":
+        r = api.post("/v1/datasets", content=npy(a), headers=NPY)
+    elif fmt == "arrow":
+        r = api.post("/v1/datasets", content=arrow(a), headers=ARROW)
+    elif fmt == "csv":
+        r = api.post("/v1/datasets", content=csv(a), headers=CSV)
+    else:
+        r = api.post("/v1/datasets", json={"samples": a.tolist()})
+    assert r.status_code in (200, 201), r.text
+    ds = r.json()
+    assert ds["sha256"] == canonical_sha256(a) and (ds["n"], ds["d"]) == a.shape
+    samples, _ = stored(api, ds["sha256"])
+    np.testing.assert_array_equal(samples, a)
+    assert api.get(f"/v1/datasets/{ds['id']}").json() == ds
