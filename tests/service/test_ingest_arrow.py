@@ -147,3 +147,11 @@ def test_multi_batch_streams_in_small_row_chunks(
     ds, stored = run(tmp_path, buf.getvalue())
     np.testing.assert_array_equal(stored, a)
     assert ds.sha256 == ingest.canonical_sha256(a, np.ones(37))
+
+
+def test_a_stream_without_rows_is_empty(tmp_path: Path) -> None:
+    schema = pa.schema([("a", pa.float64())])
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, schema):
+        pass
+    rejects(tmp_path, buf.getvalue(), "empty", "n=0")
