@@ -21,7 +21,8 @@ class EstimatorConfig:
         has at most this many samples, the whole set is used with its weights (exact gradient).
     lr, lr_final: Adam's learning rate, decayed (cosine) to lr * lr_final over ``steps``.
     ortho_iters: Björck iterations (with gradient) per training step.
-    reproject_iters: Björck iterations (no grad) applied to the raw weights after each step.
+    reproject_iters: extra Björck iterations (no grad) on the raw weights after each step, on top
+        of the warm start (the raw weights take the last orthonormalised value + the update).
     patience, tolerance: stop when the smoothed objective has not improved by more than
         tolerance (relative) for ``patience`` steps; patience 0 never stops early.
     min_steps: never stop before this many steps.
@@ -38,8 +39,8 @@ class EstimatorConfig:
     batch_size: int = 2048
     lr: float = 3e-3
     lr_final: float = 0.01
-    ortho_iters: int = 3
-    reproject_iters: int = 1
+    ortho_iters: int = 2
+    reproject_iters: int = 0
     patience: int = 300
     tolerance: float = 1e-4
     min_steps: int = 200

@@ -158,8 +158,12 @@ def estimate_w1(
     mu_t = torch.from_numpy(mu)
 
     def to_z(s: np.ndarray) -> torch.Tensor:
-        z = torch.from_numpy(np.asarray(s, dtype=np.float32)).to(dev)
-        return (z - mu_t.to(dev, torch.float32)) * scale
+        """Scaled float32 training inputs; centred in float64 first (data far from the origin
+        would lose its digits in a float32 cast), chunk by chunk (bounded temporaries)."""
+        z = np.empty(s.shape, dtype=np.float32)
+        for i in range(0, s.shape[0], config.eval_chunk):
+            z[i : i + config.eval_chunk] = (s[i : i + config.eval_chunk] - mu) * scale
+        return torch.from_numpy(z).to(dev)
 
     gen_cpu = torch.Generator().manual_seed(int(seed))
     net = LipschitzMLP(d, config, gen_cpu).to(dev)

@@ -74,8 +74,10 @@ class OrthoLinear(nn.Module):
     """Linear layer whose weight is Björck-orthonormalised (``iters`` iterations) at each forward.
 
     Keep one forward per training step (concatenate the batches) so that the weight is
-    orthonormalised once per step. ``reproject_`` (no grad) moves the raw parameter toward the
-    orthogonal manifold after each optimiser step: the warm start that lets few iterations suffice.
+    orthonormalised once per step. The warm start that lets one or two iterations suffice:
+    ``reproject_`` (no grad, after each optimiser step) moves the raw parameter by the correction
+    that the last training forward's orthonormalisation applied (W_raw <- W_eff + the optimiser's
+    update), which costs no matrix product, then optionally runs ``iters`` more iterations.
     """
 
     def __init__(
@@ -90,15 +92,22 @@ class OrthoLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.orthogonal_(self.weight, generator=generator)
         self.bias = nn.Parameter(torch.zeros(out_features))
+        self._correction: torch.Tensor | None = None
 
     def effective_weight(self) -> torch.Tensor:
         return bjorck(self.weight, self.iters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
+        w = self.effective_weight()
+        if self.training and torch.is_grad_enabled():
+            self._correction = w.detach() - self.weight.detach()
+        return F.linear(x, w, self.bias)
 
     @torch.no_grad()
-    def reproject_(self, iters: int) -> None:
+    def reproject_(self, iters: int = 0) -> None:
+        if self._correction is not None:
+            self.weight.add_(self._correction)
+            self._correction = None
         if iters > 0:
             self.weight.copy_(bjorck(self.weight, iters))
 

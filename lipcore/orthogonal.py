@@ -40,11 +40,11 @@ def bjorck(w: torch.Tensor, iters: int) -> torch.Tensor:
     c2 = torch.minimum(bound, torch.clamp(bound / SAFE, min=1.0))
     w = w / c2.sqrt()
     g = g / c2
-    eye = torch.eye(g.shape[0], dtype=w.dtype, device=w.device)
     for i in range(iters):
         if i > 0:
             g = _gram(w, tall)
-        p = 1.5 * eye - 0.5 * g
+        p = g * -0.5
+        p.diagonal().add_(1.5)  # 3/2 I - 1/2 G without materialising I
         w = w @ p if tall else p @ w
     return w
 

@@ -13,3 +13,14 @@ def test_gaussian_shift_2d_within_one_percent_of_exact():
     gap = (exact - est.lower_bound) / exact
     assert 0 <= gap <= 0.01, (est.lower_bound, exact, gap)
     assert abs(est.holdout.value - exact) / exact < 0.1
+
+
+def test_data_far_from_origin_is_centred_before_float32():
+    # float32 has ~7 digits: 1e8 + N(0, 1) cast first would be quantised to steps of 8
+    rng = np.random.default_rng(1)
+    x = 1e8 + rng.normal(size=(300, 2))
+    y = 1e8 + rng.normal(size=(250, 2)) + [1.5, 0.0]
+    exact = exact_w1(x, y)
+    config = EstimatorConfig(width=16, depth=2, steps=150, patience=0, lr=1e-2)
+    est = estimate_w1(x, y, config=config, holdout=0)
+    assert 0 <= (exact - est.lower_bound) / exact <= 0.05

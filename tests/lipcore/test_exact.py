@@ -39,6 +39,16 @@ def test_translation_of_the_same_cloud_is_the_shift_length():
     assert exact_w1(x, x) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_far_from_origin_keeps_its_digits():
+    # the expanded-square distance (ot.dist) returns garbage here; direct differences do not
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(50, 2)), rng.normal(size=(40, 2)) + [1.5, 0]
+    ref = exact_w1(x, y)
+    assert exact_w1(x + 1e8, y + 1e8) == pytest.approx(ref, rel=1e-6)
+    tiny = 1e-9 * x  # and pairs much closer than the data's spread
+    assert exact_w1(tiny + 5.0, 1e-9 * y + 5.0) == pytest.approx(1e-9 * ref, rel=1e-6)
+
+
 def test_weighted_emd_against_a_hand_computed_case():
     x = np.array([[0.0, 0.0], [1.0, 0.0]])
     y = np.array([[0.0, 1.0]])

@@ -57,3 +57,25 @@ def test_maxmin_gradient_matches_autograd_of_max_and_min_and_double_backward():
     (h,) = torch.autograd.grad((g2**2).sum(), v)
     assert torch.allclose(h, 2 * v)
     assert torch.autograd.gradcheck(MaxMin(), (x,))
+
+
+def test_warm_start_moves_raw_weight_to_last_orthonormalised_plus_update():
+    g = torch.Generator().manual_seed(1)
+    layer = OrthoLinear(24, 24, iters=1, generator=g)
+    with torch.no_grad():
+        layer.weight.add_(0.01 * torch.randn(24, 24, generator=g))  # drifted raw weight
+    drift = (torch.linalg.svdvals(layer.weight.double()) - 1).abs().max()
+    layer(torch.randn(4, 24))  # a training forward records the orthonormalisation's correction
+    w_eff = layer.effective_weight().detach()
+    update = 1e-3 * torch.randn(24, 24, generator=g)
+    with torch.no_grad():
+        layer.weight.add_(update)  # what an optimiser step does
+    layer.reproject_()
+    assert torch.allclose(layer.weight, w_eff + update, atol=1e-6)
+    # no forward since: a second call is a no-op
+    before = layer.weight.clone()
+    layer.reproject_()
+    assert torch.equal(before, layer.weight)
+    # the raw weight is back near orthogonal, so one iteration is enough
+    s = torch.linalg.svdvals(layer.effective_weight().double())
+    assert (s - 1).abs().max() < drift / 100
