@@ -71,6 +71,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(pred: Any, timeout: float, what: str, every: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := pred()):
@@ -174,6 +180,15 @@ def throughput(workers: int, jobs: int, config: dict, n: int) -> dict[str, Any]:
         for _ in range(workers):
             t.add_worker()
         src, tgt = datasets(t, n)
+        # Dispatch latency: one job to an idle worker, from the 202 to the row "running".
+        latency = []
+        for k in range(3):
+            job = t.submit(src, tgt, {**config, "steps": 1, "min_steps": 1}, seed=10_000 + k)
+            t1 = time.monotonic()
+            wait_for(lambda job=job: t.rows([job])[job][0] != "queued", 60, "claim", every=0.005)
+            latency.append(time.monotonic() - t1)
+            wait_for(lambda job=job: t.rows([job])[job][0] == "succeeded", 120, "success")
+        cpu0 = {w.pid: cpu_seconds(w.pid) for w in t.workers}
         t0 = time.monotonic()
         ids = [t.submit(src, tgt, config, seed=i) for i in range(jobs)]
 
@@ -187,6 +202,7 @@ def throughput(workers: int, jobs: int, config: dict, n: int) -> dict[str, Any]:
 
         rows = wait_for(done, 1800, "all jobs", every=0.1)
         elapsed = time.monotonic() - t0
+        cpu = sum(cpu_seconds(pid) - c for pid, c in cpu0.items())
         statuses = [r[0] for r in rows.values()]
         owners = {r[2].rsplit(":", 1)[0] for r in rows.values() if r[2]}
         return {
@@ -196,6 +212,8 @@ def throughput(workers: int, jobs: int, config: dict, n: int) -> dict[str, Any]:
             "seconds": round(elapsed, 2),
             "jobs_per_minute": round(jobs / elapsed * 60, 1),
             "distinct_workers_used": len(owners),
+            "worker_cpu_seconds_per_job": round(cpu / jobs, 3),
+            "dispatch_latency_s": [round(x, 3) for x in latency],
         }
     finally:
         t.close()
@@ -283,7 +301,7 @@ def main() -> None:
         "throughput": []
         if args.skip_throughput
         else [throughput(w, args.jobs, small, args.n) for w in (1, 2)],
-        "recovery": [recovery(args.kills, FAST, long, args.n)],
+        "recovery": [recovery(args.kills, FAST, long, args.n)] if args.kills else [],
     }
     if args.defaults:
         out["recovery"].append(recovery(1, DEFAULTS, long, args.n))

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     worker_health_file: Path | None = Field(
         None, description="Touched while the worker is healthy (`lipwass worker --check`)."
     )
+    worker_poll_s: float = Field(
+        0.1, gt=0, le=10, description="Longest pause of a worker between polls of its queue."
+    )
 
     # Estimate routes (service/api/estimates.py).
     events_poll_s: float = Field(

@@ -191,7 +191,14 @@ def main(
 
     broker = make_broker(settings)
     declare_actor(broker, settings, run)
-    worker = dramatiq.Worker(broker, queues={settings.broker_queue}, worker_threads=1)
+    # worker_timeout caps the consumer's back-off between polls (Dramatiq: 1 s, and it backs off
+    # while the one thread is busy, so a job ending waits up to that long for the next one).
+    worker = dramatiq.Worker(
+        broker,
+        queues={settings.broker_queue},
+        worker_threads=1,
+        worker_timeout=max(1, int(settings.worker_poll_s * 1000)),
+    )
     worker.queue_prefetch = 1  # hold only the running job (set before start)
 
     stop = threading.Event()
