@@ -4,8 +4,8 @@ Request counts and latencies are observed in this process by :class:`MetricsMidd
 dataset figures are read from the store at scrape time (:class:`StoreCollector`), so every API
 replica reports the same numbers and nothing is lost when a process restarts. Bytes uploaded are
 counted twice on purpose: ``lipwass_upload_bytes_total`` counts the request bodies this process
-received on ``POST /v1/datasets`` (duplicates included), ``lipwass_datasets_bytes`` sums what the
-store holds.
+received on ``POST /v1/datasets`` (duplicates included; the middleware counts them, so no route
+has to call anything), ``lipwass_datasets_bytes`` sums what the store holds.
 """
 
 from __future__ import annotations
@@ -177,16 +177,6 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
-
-
-def record_upload(app_state: Any, n_bytes: int) -> None:
-    """Count ``n_bytes`` uploaded (optional: the middleware already counts dataset bodies).
-
-    Kept for code that receives bytes outside ``POST /v1/datasets``; a no-op without metrics.
-    """
-    metrics = getattr(app_state, "metrics", None)
-    if metrics is not None and n_bytes > 0:
-        metrics.uploaded.inc(n_bytes)
 
 
 def route_template(scope: Scope) -> str:

@@ -102,15 +102,22 @@ def _estimate(app, est_id: str, status: str, result=None, history=None) -> None:
         )  # fmt: skip
 
 
-@pytest.fixture
-def with_estimate(api):
+@pytest.fixture(scope="module")
+def trained():
+    """One tiny fitted potential for the route tests (trained once per module)."""
     lipcore = pytest.importorskip("lipcore")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(120, 2)), rng.normal(size=(100, 2)) + [1.5, 0.0]
-    _dataset(api.app, "ds_x", x)
-    _dataset(api.app, "ds_y", y)
     cfg = {"width": 16, "depth": 2, "steps": 30, "batch_size": 64}
     est = lipcore.estimate_w1(x, y, config=lipcore.EstimatorConfig.from_dict(cfg), holdout=0.0)
+    return x, y, est
+
+
+@pytest.fixture
+def with_estimate(api, trained):
+    x, y, est = trained
+    _dataset(api.app, "ds_x", x)
+    _dataset(api.app, "ds_y", y)
     est.save(api.app.state.blobs.potential_path("est_done"))
     result = {
         "method": "lipschitz", "w1": est.lower_bound, "lower_bound": est.lower_bound,
