@@ -10,6 +10,7 @@ has to call anything), ``lipwass_datasets_bytes`` sums what the store holds.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ UNMATCHED = "<unmatched>"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 JOB_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 FINISHED = tuple(s.value for s in JobStatus if s.finished)
+log = logging.getLogger("lipwass.metrics")
 
 
 class JobSecondsCache:
@@ -123,6 +125,18 @@ class StoreCollector(Collector):
         self.job_seconds = JobSecondsCache()
 
     def collect(self) -> Iterable[Metric]:
+        try:
+            yield from self._collect()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
+            log.warning("metrics: the store could not be read", exc_info=True)
+            ok = 0.0
+        else:
+            ok = 1.0
+        yield GaugeMetricFamily(
+            "lipwass_store_scrape_ok", "1 if the store figures of this scrape are fresh.", value=ok
+        )
+
+    def _collect(self) -> Iterator[Metric]:
         with self.db.session() as s:
             by_status = dict(
                 s.execute(

@@ -6,6 +6,7 @@ A finished job never changes, so its PNG is cached (a few per process) under (id
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -23,6 +24,8 @@ from service.store import Database, DatasetRow, EstimateRow, JobStatus
 router = APIRouter(tags=["estimates"])
 PNG = "image/png"
 CACHE_SIZE = 16
+REPORT_BYTES = 64 * 1024**2  # float64 bytes per set the report evaluates at most
+log = logging.getLogger("lipwass.report")
 
 
 class _PngCache:
@@ -97,22 +100,29 @@ def build_png(
     if usable:
         import lipcore
 
-        model = lipcore.load_potential(ppath)
-        x, a = blobs.load_dataset(src.sha256, mmap=True)
-        y, b = blobs.load_dataset(tgt.sha256, mmap=True)
-        report.potential_views(
-            inp,
-            model,
-            float(result.get("potential_center") or 0.0),
-            float(result["lipschitz_constant"]),
-            x,
-            a,
-            y,
-            b,
-            max_points=settings.report_max_points,
-            grid=settings.report_grid,
-            seed=int(row.seed),
-        )
+        try:
+            model = lipcore.load_potential(ppath)
+            x, a = blobs.load_dataset(src.sha256, mmap=True)
+            y, b = blobs.load_dataset(tgt.sha256, mmap=True)
+            # At most ~REPORT_BYTES of samples per set, whatever d is.
+            rows = max(100, REPORT_BYTES // (8 * max(1, x.shape[1])))
+            report.potential_views(
+                inp,
+                model,
+                float(result.get("potential_center") or 0.0),
+                float(result["lipschitz_constant"]),
+                x,
+                a,
+                y,
+                b,
+                max_points=min(settings.report_max_points, rows),
+                grid=settings.report_grid,
+                seed=int(row.seed),
+            )
+        except Exception:  # noqa: BLE001 - a broken file still gets the numbers, not a 500
+            log.warning("report: potential unreadable", extra={"job_id": row.id}, exc_info=True)
+            inp.g_source = inp.g_target = inp.grid_g = None
+            inp.notes.append("the stored potential could not be read: no histograms")
     elif result is not None and result.get("method") == "lipschitz":
         inp.notes.append("potential or datasets no longer stored: no histograms")
     return report.render_png(inp)

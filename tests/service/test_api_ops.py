@@ -194,3 +194,23 @@ def test_openapi_documents_ops(api):
         "text/plain; version=0.0.4; charset=utf-8"
         in (spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"])
     )
+
+
+def test_store_down_readyz_503_and_metrics_still_scrape(api):
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    db = api.app.state.db
+    good = db.engine
+    db.engine = create_engine("sqlite:////nonexistent-dir/lipwass.db")
+    db.sessions = sessionmaker(db.engine)
+    try:
+        r = api.get("/readyz")
+        assert r.status_code == 503 and "database" in r.json()["detail"]
+        text = _scrape(api)
+        assert list(iter_samples(text, "lipwass_store_scrape_ok")) == [({}, 0.0)]
+        assert not list(iter_samples(text, "lipwass_jobs"))
+    finally:
+        db.engine = good
+        db.sessions = sessionmaker(good, expire_on_commit=False)
+    assert list(iter_samples(_scrape(api), "lipwass_store_scrape_ok")) == [({}, 1.0)]

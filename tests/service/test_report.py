@@ -163,3 +163,11 @@ def test_png_decodes(with_estimate):
     img = imread(io.BytesIO(r.content), format="png")
     assert img.shape[:2] == (900, 1300)
     assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_route_unreadable_potential_still_answers_with_the_numbers(with_estimate):
+    path = with_estimate.app.state.blobs.potential_path("est_done")
+    path.write_bytes(b"not a safetensors file")
+    r = with_estimate.get("/v1/estimates/est_done/report.png")
+    assert r.status_code == 200
+    assert _size(r.content) == (1300, 450)  # objective + numbers, no histograms
