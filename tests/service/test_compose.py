@@ -140,3 +140,50 @@ def test_images_pick_their_torch_flavour() -> None:
     assert "download.pytorch.org/whl/cpu" in api
     assert re.search(r"CUDA_BASE=nvidia/cuda:\S+-runtime-", worker)
     assert re.search(r"TORCH_INDEX=https://download.pytorch.org/whl/cu\d+", worker)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.worker"])
+def test_dockerfiles_copy_paths_that_exist(name: str) -> None:
+    text = (ROOT / "docker" / name).read_text()
+    sources = [
+        src
+        for line in text.splitlines()
+        if line.startswith("COPY ")
+        for src in [p for p in line.split()[1:-1] if not p.startswith("--")]
+    ]
+    assert "docker/entrypoint.sh" in sources
+    for src in sources:
+        assert (ROOT / src).exists(), src
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert not any(src.split("/")[0] in ignored for src in sources)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["api"], {}, "serve --host 0.0.0.0 --port 8000"),
+        (["api"], {"LIPWASS_PORT": "9000"}, "serve --host 0.0.0.0 --port 9000"),
+        (["worker"], {}, "worker"),
+        (["worker"], {"LIPWASS_GPU": "1"}, "worker --gpu 1"),
+        (["worker", "--check"], {}, "worker --check"),
+        (["migrate"], {}, "migrate"),
+    ],
+)
+def test_entrypoint_dispatches_roles(tmp_path: Path, args, env, expected) -> None:
+    import os
+    import subprocess
+
+    stub = tmp_path / "lipwass"
+    stub.write_text('#!/bin/sh\necho "$@"\n')
+    stub.chmod(0o755)
+    run_env = {"PATH": f"{tmp_path}:/usr/bin:/bin", **env}
+    out = subprocess.run(
+        ["sh", str(ROOT / "docker" / "entrypoint.sh"), *args],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    assert out.stdout.strip() == expected
+    assert os.access(ROOT / "docker" / "entrypoint.sh", os.X_OK)
