@@ -276,6 +276,12 @@ def main(
         )
     beats_stop.set()
     hfile.unlink(missing_ok=True)
+    if left is not None:
+        # The job's thread is still inside torch: leave without interpreter finalisation, which
+        # could crash under it. Its lease stops being renewed now.
+        log.info("worker stopped")
+        logging.shutdown()
+        os._exit(0)
     broker.client.connection_pool.disconnect()
     db.dispose()
     log.info("worker stopped")

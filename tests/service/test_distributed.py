@@ -468,17 +468,29 @@ def test_worker_killed_mid_job_the_other_worker_finishes_it_once(cluster: Cluste
     assert len(cluster.log_lines(job_id, "job started")) == 2
 
 
-def test_sigterm_stops_a_worker_cleanly(cluster: Cluster) -> None:
-    """Runs after the kill test: the surviving worker is idle; SIGTERM ends it with code 0."""
+def test_sigterm_mid_job_stops_the_worker_and_the_job_is_requeued(cluster: Cluster, data) -> None:
+    """Runs after the kill test, on the surviving worker: SIGTERM while a job runs longer than
+    the shutdown grace (2 s) -> the worker exits 0 at once after it, and the job, whose lease
+    is no longer renewed, goes back to the queue (no worker is left to take it: cancelled)."""
     (worker,) = [w for w in cluster.workers if w.alive()]
     health = cluster.root / f"{worker.name}.health"
-    assert health.exists()
+    src, tgt = data
+    job_id = cluster.submit(src, tgt, {**LONG, "steps": 20_000, "min_steps": 20_000}, api=0)
+    wait_for(
+        lambda: (cluster.get(job_id)["progress"] or {}).get("step", 0) > 0,
+        60,
+        "the long job to make progress",
+    )
     t0 = time.monotonic()
     worker.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     assert worker.popen.wait(30) == 0  # type: ignore[union-attr]
-    assert time.monotonic() - t0 < 15
-    assert "worker stopped" in worker.text()
+    assert time.monotonic() - t0 < 2.0 + 8
+    text = worker.text()
+    assert "exiting with a job still running" in text and "worker stopped" in text
     assert not health.exists()
+    wait_for(lambda: cluster.get(job_id)["status"] == "queued", LEASE_S + 10, "re-queue")
+    r = cluster.http.post(f"{cluster.url(0)}/v1/estimates/{job_id}/cancel")
+    assert r.status_code == 202 and cluster.get(job_id)["status"] == "cancelled"
 
 
 def test_workers_starting_together_migrate_once_without_racing(cluster: Cluster) -> None:
