@@ -493,6 +493,44 @@ def test_sigterm_mid_job_stops_the_worker_and_the_job_is_requeued(cluster: Clust
     assert r.status_code == 202 and cluster.get(job_id)["status"] == "cancelled"
 
 
+def test_claim_race_on_postgresql_has_one_winner(cluster: Cluster, data) -> None:
+    """Eight threads, each with its own engine (as eight workers), claim one queued job."""
+    import threading
+
+    from service.store import Database, jobs
+
+    src, tgt = data
+    for w in cluster.workers:  # keep the real workers out of this race
+        if w.alive():
+            w.kill(signal.SIGSTOP)
+    try:
+        job_id = cluster.submit(src, tgt, TINY, api=0, seed=300)
+        dbs = [Database(cluster.env["LIPWASS_DATABASE_URL"]) for _ in range(8)]
+        barrier = threading.Barrier(len(dbs))
+        won: list[str] = []
+
+        def go(i: int) -> None:
+            barrier.wait()
+            if jobs.claim(dbs[i], job_id, f"racer:{i}", lease_s=60, max_attempts=3):
+                won.append(f"racer:{i}")
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(dbs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(won) == 1
+        row = cluster.rows([job_id])[job_id]
+        assert row == {"status": "running", "attempt": 1, "owner": won[0]}
+        cluster.http.post(f"{cluster.url(0)}/v1/estimates/{job_id}/cancel")
+        for db in dbs:
+            db.dispose()
+    finally:
+        for w in cluster.workers:
+            if w.alive():
+                w.kill(signal.SIGCONT)
+
+
 def test_workers_starting_together_migrate_once_without_racing(cluster: Cluster) -> None:
     import threading
 
