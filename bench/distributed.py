@@ -174,6 +174,29 @@ def datasets(t: Topology, n: int) -> tuple[str, str]:
     return t.upload(rng.normal(size=(n, 2))), t.upload(rng.normal(size=(n, 2)) + [1.0, 0.0])
 
 
+def idle_gaps(t: Topology, ids: list[str]) -> tuple[list[float], float]:
+    """Per worker, the idle time between one job's end and its next job's start (the queue's
+    overhead per job), and the share of the run the workers spent inside jobs."""
+    with psycopg.connect(libpq(t.db_url)) as conn:
+        rows = conn.execute(
+            "SELECT lease_owner, extract(epoch FROM started_at), extract(epoch FROM finished_at)"
+            " FROM estimates WHERE id = ANY(%s)",
+            (ids,),
+        ).fetchall()
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for owner, start, end in rows:
+        by_worker.setdefault(owner.rsplit(":", 1)[0], []).append((float(start), float(end)))
+    gaps: list[float] = []
+    inside = 0.0
+    first = min(float(r[1]) for r in rows)
+    last = max(float(r[2]) for r in rows)
+    for spans in by_worker.values():
+        spans.sort()
+        inside += sum(e - s for s, e in spans)
+        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
+    return gaps, inside / ((last - first) * len(by_worker))
+
+
 def throughput(workers: int, jobs: int, config: dict, n: int) -> dict[str, Any]:
     t = Topology(FAST)
     try:
@@ -203,6 +226,7 @@ def throughput(workers: int, jobs: int, config: dict, n: int) -> dict[str, Any]:
         rows = wait_for(done, 1800, "all jobs", every=0.1)
         elapsed = time.monotonic() - t0
         cpu = sum(cpu_seconds(pid) - c for pid, c in cpu0.items())
+        gaps, busy = idle_gaps(t, ids)
         statuses = [r[0] for r in rows.values()]
         owners = {r[2].rsplit(":", 1)[0] for r in rows.values() if r[2]}
         return {
@@ -213,6 +237,13 @@ def throughput(workers: int, jobs: int, config: dict, n: int) -> dict[str, Any]:
             "jobs_per_minute": round(jobs / elapsed * 60, 1),
             "distinct_workers_used": len(owners),
             "worker_cpu_seconds_per_job": round(cpu / jobs, 3),
+            "idle_gap_between_jobs_ms": {
+                "median": round(1000 * statistics.median(gaps), 1),
+                "max": round(1000 * max(gaps), 1),
+            }
+            if gaps
+            else None,
+            "workers_busy_fraction": round(busy, 3),
             "dispatch_latency_s": [round(x, 3) for x in latency],
         }
     finally:
