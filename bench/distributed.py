@@ -7,13 +7,17 @@ the run, dropped after it) and Redis (a key namespace of the run, deleted after 
 1. Throughput: ``--jobs`` small CPU estimates submitted at once; jobs per minute = jobs / (time
    from the first submit to the last job's end) with one worker, then with two. Workers are
    started and warm (torch imported) before the clock starts. Each worker has one torch thread
-   (OMP_NUM_THREADS=1), so two workers use the machine's two cores.
+   (OMP_NUM_THREADS=1), so two workers use the machine's two cores. Also reported, as they do
+   not depend on how loaded the machine is: the workers' CPU seconds per job, each worker's idle
+   time between two jobs and the share of the run spent inside jobs (from the job rows), and the
+   dispatch latency of one job to an idle worker (202 answer to the row "running").
 2. Recovery: a long job runs on one of two workers; that worker is SIGKILLed; the time from the
    kill to the job's next attempt running on the other worker (polled in the store every 20 ms).
    Measured with the short test settings (lease 3 s) and with the shipped defaults (lease 30 s,
    broker heartbeat timeout 15 s, reaper every 5 s).
 
     .venv/bin/python bench/distributed.py [--jobs 20] [--steps 100] [--kills 3] [--defaults]
+    (--kills 0: throughput only)
 """
 
 from __future__ import annotations
