@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .accel import (
+    CompiledStep,
+    check_precision,
+    forward_autocast,
+    training_precision,
+    use_cuda_graphs,
+)
 from .config import EstimatorConfig
 from .network import LipschitzMLP
 
@@ -84,9 +91,47 @@ def train(
     """Trains ``net`` in place on scaled inputs. ``unit`` converts the objective to data units
     (objective / input scale), for progress reports and the returned objective."""
     start = time.perf_counter()
+    dev = zx.device
+    # The GPU levers (lipcore.accel); getattr: a config object from before these knobs existed.
+    precision = check_precision(getattr(config, "precision", "float32"))
+    graphs = use_cuda_graphs(bool(getattr(config, "cuda_graphs", False)), dev)
     sx = _Sampler(zx, wx, config.batch_size, generator)
     sy = _Sampler(zy, wy, config.batch_size, generator)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+
+    def objective(
+        xb: torch.Tensor, yb: torch.Tensor, wxb: torch.Tensor | None, wyb: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The batch objective (one forward of both batches: one orthonormalisation)."""
+        with forward_autocast(precision, dev):
+            f = net(torch.cat([xb, yb]))[:, 0]
+        f = f.float()
+        return _mean(f[: xb.shape[0]], wxb) - _mean(f[xb.shape[0] :], wyb)
+
+    step_objective = (
+        CompiledStep(objective, graphs)
+        if graphs or bool(getattr(config, "compile", False))
+        else objective
+    )
+    # Fused Adam on CUDA: one kernel for all parameters instead of a few per tensor.
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, fused=dev.type == "cuda" or None)
+    with training_precision(precision, dev):
+        return _loop(net, sx, sy, step_objective, opt, config, unit, callback, start, graphs)
+
+
+def _loop(
+    net: LipschitzMLP,
+    sx: _Sampler,
+    sy: _Sampler,
+    step_objective: Callable[..., torch.Tensor],
+    opt: torch.optim.Optimizer,
+    config: EstimatorConfig,
+    unit: float,
+    callback: Callable[[Progress], None] | None,
+    start: float,
+    graphs: bool,
+) -> TrainResult:
+    """The steps: draw, objective, Adam, warm-start reprojection; a read-back every
+    progress_every steps only (no host sync in between)."""
     total = config.steps
     lr_min = config.lr * config.lr_final
     ema = math.nan
@@ -98,8 +143,7 @@ def train(
     for step in range(1, total + 1):  # noqa: B007 - step is used after the loop
         xb, wxb = sx.draw()
         yb, wyb = sy.draw()
-        f = net(torch.cat([xb, yb]))[:, 0]
-        obj = _mean(f[: xb.shape[0]], wxb) - _mean(f[xb.shape[0] :], wyb)
+        obj = step_objective(xb, yb, wxb, wyb)
         opt.zero_grad(set_to_none=True)
         (-obj).backward()
         opt.step()
@@ -107,7 +151,8 @@ def train(
         lr = lr_min + 0.5 * (config.lr - lr_min) * (1 + math.cos(math.pi * step / total))
         for group in opt.param_groups:
             group["lr"] = lr
-        pending.append(obj.detach())
+        # A CUDA graph's output is overwritten by its next replay: keep a copy.
+        pending.append(obj.detach().clone() if graphs else obj.detach())
         if step % config.progress_every and step != total:
             continue
 

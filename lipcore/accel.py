@@ -1,0 +1,146 @@
+"""Device and precision helpers for the training loop: the GPU levers of EstimatorConfig.
+
+- ``precision``: "float32" (plain), "tf32" (TF32 matrix products on CUDA, scoped to training; a
+  no-op on a CPU), "bf16" (torch.autocast to bfloat16 around the training forward; CPUs too).
+  Soundness does not depend on it: the certificate is computed after training, in float64, from the
+  exported weights.
+- ``compile``: torch.compile of the training forward (+ its backward, through AOTAutograd). If it
+  cannot compile (no C compiler, an unsupported op), training falls back to eager with a warning.
+- ``cuda_graphs``: on CUDA, the compiled step runs in CUDA graphs (torch.compile's
+  "reduce-overhead" mode: the forward and backward replayed as graphs, one launch each). Ignored,
+  with a warning, on other devices.
+
+Also the resident (on-device) float64 evaluation used to certify data that already lives on the
+card: chunked, so that no float64 copy of the whole set is ever made, and nothing goes to the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger("lipcore.accel")
+
+PRECISIONS = ("float32", "tf32", "bf16")
+
+
+def check_precision(precision: object) -> str:
+    """The precision name, or a ValueError naming the allowed ones."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"config.precision: must be one of {list(PRECISIONS)}, got {precision!r}")
+    return str(precision)
+
+
+@contextlib.contextmanager
+def training_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Scope of the whole training loop: enables TF32 matrix products on CUDA for "tf32" and
+    restores the previous global settings afterwards (also on an exception)."""
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    old_matmul = torch.backends.cuda.matmul.allow_tf32
+    old_cudnn = torch.backends.cudnn.allow_tf32
+    old_precision = torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_matmul
+        torch.backends.cudnn.allow_tf32 = old_cudnn
+        torch.set_float32_matmul_precision(old_precision)
+
+
+def forward_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context of each training forward: bfloat16 autocast for "bf16", else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_cuda_graphs(requested: bool, device: torch.device) -> bool:
+    """Whether CUDA graphs apply: only on CUDA; a request elsewhere is ignored with a warning."""
+    if requested and device.type != "cuda":
+        msg = f"config.cuda_graphs ignored on device {device.type!r} (CUDA only)"
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return False
+    return bool(requested)
+
+
+class CompiledStep:
+    """``fn`` compiled with torch.compile, falling back to eager ``fn`` (with a logged warning)
+    when compilation fails on the first call. ``mode`` None is torch.compile's default; with
+    ``graphs``, "reduce-overhead" (CUDA graphs) and a step marker before each call."""
+
+    def __init__(self, fn: Callable[..., Any], graphs: bool = False) -> None:
+        self.eager = fn
+        self.graphs = graphs
+        self.compiled: Callable[..., Any] | None = torch.compile(
+            fn, mode="reduce-overhead" if graphs else None, dynamic=False
+        )
+        self.calls = 0
+        self.fell_back = False
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.compiled is None:
+            return self.eager(*args)
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if self.calls > 1:
+            return self.compiled(*args)
+        try:
+            return self.compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: train eagerly instead
+            msg = f"torch.compile failed, training eagerly instead: {type(exc).__name__}: {exc}"
+            log.warning(msg[:2000])
+            warnings.warn(msg[:500], RuntimeWarning, stacklevel=2)
+            self.compiled, self.fell_back = None, True
+            return self.eager(*args)
+
+
+def sync(device: torch.device | str) -> None:
+    """Waits for the device's queued work (for timing); nothing on a CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+@torch.no_grad()
+def evaluate_resident(model: nn.Module, z: torch.Tensor, chunk: int) -> torch.Tensor:
+    """f on every row of z, in float64, on z's device, ``chunk`` rows at a time: the temporary
+    float64 copy is one chunk, never the whole set, and nothing goes to the host. ``model`` must
+    be a float64 model on z's device."""
+    if z.ndim != 2:
+        raise ValueError(f"z: expected a 2-D tensor, got {z.ndim} dimensions")
+    if chunk < 1:
+        raise ValueError(f"chunk: must be >= 1, got {chunk}")
+    n = z.shape[0]
+    out = torch.empty(n, dtype=torch.float64, device=z.device)
+    for i in range(0, n, chunk):
+        out[i : i + chunk] = model(z[i : i + chunk].to(torch.float64)).reshape(-1)
+    return out
+
+
+def weighted_difference_resident(
+    fx: torch.Tensor,
+    fy: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+) -> float:
+    """sum a f(x) - sum b f(y) in float64 on the device (None: uniform weights), f centred first
+    as in certify.weighted_difference. One scalar comes back to the host."""
+
+    def mean(f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        return f.mean() if w is None else torch.dot(w.to(torch.float64), f)
+
+    c = 0.5 * (mean(fx, a) + mean(fy, b))
+    return float(mean(fx - c, a) - mean(fy - c, b))
