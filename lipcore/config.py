@@ -35,13 +35,13 @@ class EstimatorConfig:
     width: int = 128
     depth: int = 3
     activation: str = "maxmin"
-    steps: int = 2000
-    batch_size: int = 2048
+    steps: int = 1000
+    batch_size: int = 1024
     lr: float = 3e-3
     lr_final: float = 0.01
-    ortho_iters: int = 2
+    ortho_iters: int = 1
     reproject_iters: int = 0
-    patience: int = 300
+    patience: int = 200
     tolerance: float = 1e-4
     min_steps: int = 200
     smoothing: float = 0.05
