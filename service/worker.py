@@ -123,27 +123,6 @@ def _still_ours(db: Database, job_id: str, owner: str) -> bool:
     return row is not None and row[0] == JobStatus.running.value and row[1] == owner
 
 
-MIGRATION_LOCK = 0x6C697077  # pg_advisory_lock key: "lipw"
-
-
-def migrate(db: Database) -> None:
-    """Run the migrations; on PostgreSQL under an advisory lock, so that workers and API
-    replicas starting together do not race on the schema (the loser waits, then finds it done).
-    """
-    if db.engine.dialect.name != "postgresql":
-        db.migrate()
-        return
-    from sqlalchemy import text
-
-    with db.engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
-        try:
-            db.migrate()
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
-            conn.commit()
-
-
 def main(
     settings: Settings | None = None, *, gpu: str | None = None, check_only: bool = False
 ) -> int:
@@ -169,7 +148,7 @@ def main(
     settings.ensure_dirs()
     db = Database(settings.resolved_database_url)
     if settings.migrate_on_start:
-        migrate(db)
+        db.migrate()  # serialised by an advisory lock on PostgreSQL
     blobs = BlobStore(settings.data_dir / "blobs")
 
     import torch  # after CUDA_VISIBLE_DEVICES is final; warms the first job

@@ -537,7 +537,6 @@ def test_workers_starting_together_migrate_once_without_racing(cluster: Cluster)
     import psycopg
 
     from service.store import Database
-    from service.worker import migrate
 
     name = f"lipwass_test_mig_{uuid.uuid4().hex[:8]}"
     admin = _libpq(DB_URL)
@@ -548,7 +547,7 @@ def test_workers_starting_together_migrate_once_without_racing(cluster: Cluster)
 
     def go(db: Database) -> None:
         try:
-            migrate(db)
+            db.migrate()
         except BaseException as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
 

@@ -89,8 +89,8 @@ def test_still_ours_follows_the_store(tmp_path: Path) -> None:
 
 def test_migrate_on_sqlite(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
-    worker.migrate(db)
-    worker.migrate(db)  # idempotent
+    db.migrate()
+    db.migrate()  # idempotent
     db.dispose()
 
 
