@@ -3,7 +3,8 @@ import torch
 
 from lipcore import EstimatorConfig
 
-torch.set_num_threads(2)
+# The tests' networks are tiny: one thread avoids OpenMP barrier stalls on a shared 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ def test_gaussian_shift_2d_within_one_percent_of_exact():
     x = rng.normal(size=(600, 2))
     y = rng.normal(size=(500, 2)) * 0.8 + np.array([2.0, 1.0])
     exact = exact_w1(x, y)
-    config = EstimatorConfig(width=32, depth=2, steps=600, patience=0)
+    config = EstimatorConfig(width=16, depth=2, steps=300, patience=0, lr=1e-2)
     est = estimate_w1(x, y, config=config, holdout=0.2)
     gap = (exact - est.lower_bound) / exact
     assert 0 <= gap <= 0.01, (est.lower_bound, exact, gap)

@@ -40,7 +40,7 @@ def problems(draw):
     return x.astype(dtype), y.astype(dtype), a, b, holdout, seed % 1000
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_lower_bound_never_exceeds_exact(problem):
     x, y, a, b, holdout, seed = problem
