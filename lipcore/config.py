@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .accel import check_precision
 from .layers import ACTIVATIONS
 
 
@@ -30,6 +31,12 @@ class EstimatorConfig:
     progress_every: the callback's period in steps.
     eval_chunk: rows per chunk when evaluating all samples in float64 (memory bound).
     grad_samples: samples (per set) on which the gradient-norm quantiles are computed.
+    precision, compile, cuda_graphs: speed levers of training only (lipcore.accel); the
+        certificate is computed afterwards in float64 whatever they are. precision "float32",
+        "tf32" (TF32 matrix products on CUDA; no-op on CPUs) or "bf16" (bfloat16 autocast of the
+        training forward); compile: torch.compile of the training step (eager fallback, with a
+        warning, if it cannot compile); cuda_graphs: the compiled step replayed as CUDA graphs
+        (ignored, with a warning, off CUDA).
     """
 
     width: int = 128
@@ -48,6 +55,10 @@ class EstimatorConfig:
     progress_every: int = 10
     eval_chunk: int = 65536
     grad_samples: int = 1024
+    # GPU levers (issue 5), training only
+    precision: str = "float32"
+    compile: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         ints_min = {
@@ -73,6 +84,11 @@ class EstimatorConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"config.{name}: expected a finite number, got {v!r}")
+        check_precision(self.precision)
+        for name in ("compile", "cuda_graphs"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ValueError(f"config.{name}: expected true or false, got {v!r}")
         if self.lr <= 0:
             raise ValueError(f"config.lr: must be > 0, got {self.lr}")
         if not 0 < self.lr_final <= 1:
