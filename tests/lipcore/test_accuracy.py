@@ -13,6 +13,7 @@ def test_gaussian_shift_2d_within_one_percent_of_exact():
     gap = (exact - est.lower_bound) / exact
     assert 0 <= gap <= 0.01, (est.lower_bound, exact, gap)
     assert abs(est.holdout.value - exact) / exact < 0.1
+    assert est.grad_norm["q50"] > 0.95  # a fitted potential has |grad f| ~ 1 on the samples
 
 
 def test_data_far_from_origin_is_centred_before_float32():

@@ -115,3 +115,12 @@ def test_identical_sets_give_no_positive_bound(tiny):
     x, _ = _data()
     est = estimate_w1(x, x.copy(), config=tiny)
     assert abs(est.lower_bound) <= 1e-12
+
+
+def test_float32_and_dict_config_and_explicit_device(tiny):
+    x, y = _data()
+    r64 = estimate_w1(x, y, config=tiny, device="cpu")
+    r32 = estimate_w1(x.astype(np.float32), y.astype(np.float32), config=tiny.to_dict())
+    assert r64.device == r32.device == "cpu"
+    assert r32.config == tiny
+    assert r32.lower_bound == pytest.approx(r64.lower_bound, rel=1e-3)
