@@ -135,12 +135,15 @@ def estimate_w1(
         config = EstimatorConfig.from_dict(config)
     elif not isinstance(config, EstimatorConfig):
         raise ValueError(f"config: expected an EstimatorConfig or a dict, got {type(config)}")
-    if isinstance(holdout, bool) or not isinstance(holdout, int | float):
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float | np.floating):
         raise ValueError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
     if not (0 <= holdout < 1):
         raise ValueError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    holdout = float(holdout)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback: expected a callable or None, got {type(callback).__name__}")
     dev = resolve_device(device)
     n, d = xs.shape
     m = ys.shape[0]
@@ -182,14 +185,17 @@ def estimate_w1(
 
     potential = net.export(mu_t, scale, torch.float64)
     lip = lipschitz_constant(potential)
+    # L = 0 only if every weight vanished: then f is constant, every difference is exactly 0,
+    # and dividing by 1 instead keeps the bound (0) valid.
+    div = lip if lip > 0 else 1.0
     model_dev = potential.to(dev)
     fx = evaluate(model_dev, xs, config.eval_chunk, dev)
     fy = evaluate(model_dev, ys, config.eval_chunk, dev)
-    lower = weighted_difference(fx, aw, fy, bw) / lip
+    lower = weighted_difference(fx, aw, fy, bw) / div
     held = None
     if sx is not None and sy is not None:
-        held = holdout_estimate(fx[sx.held] / lip, sx.w_held, fy[sy.held] / lip, sy.w_held)
-    grads = grad_norm_quantiles(model_dev, xs, ys, lip, config.grad_samples, rng, dev)
+        held = holdout_estimate(fx[sx.held] / div, sx.w_held, fy[sy.held] / div, sy.w_held)
+    grads = grad_norm_quantiles(model_dev, xs, ys, div, config.grad_samples, rng, dev)
     potential = model_dev.to("cpu")
     return Estimate(
         lower_bound=float(lower),

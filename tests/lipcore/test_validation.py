@@ -65,6 +65,8 @@ def test_torch_inputs_and_column_vector_weights(tiny):
         ({"holdout": -0.1}, "holdout"),
         ({"holdout": "0.2"}, "holdout"),
         ({"seed": 1.5}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"callback": 3}, "callback"),
         ({"config": "big"}, "config"),
         ({"config": {"widht": 8}}, "widht"),
         ({"device": "nonsense"}, "device"),
