@@ -126,8 +126,9 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, tf32: bool 
 
 
 def bench_config(**kw: Any) -> EstimatorConfig:
-    """The benchmark's config: no early stop (fixed step count), progress every 100 steps."""
-    base = {"patience": 0, "progress_every": 100}
+    """The benchmark's config: no early stop (fixed step count), progress every 100 steps (every
+    tenth of the run when shorter: the steady rate needs a few timestamps)."""
+    base = {"patience": 0, "progress_every": max(1, min(100, kw.get("steps", 1000) // 10))}
     base.update(kw)
     return EstimatorConfig(**base)
 
@@ -595,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu.json")
     p.add_argument("--budget-s", type=float, default=450.0, help="skip sections after this")
     p.add_argument("--skip", default="", help="comma-separated sections to skip")
+    p.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
+    p.add_argument("--t1", default="", help="target 1's size as d,width,depth,batch,steps")
     p.add_argument("--levers", default="", help="comma-separated lever names (default: all)")
     p.add_argument("--precision", default="tf32", help="training precision of targets 2-4")
     args = p.parse_args(argv)
@@ -626,7 +629,14 @@ def main(argv: list[str] | None = None) -> int:
         return r
 
     sections["rates"] = rates
-    t1 = sizes["t1"]
+    t1 = dict(sizes["t1"])
+    if args.t1:
+        t1 = dict(
+            zip(
+                ["d", "width", "depth", "batch", "steps"], map(int, args.t1.split(",")), strict=True
+            )
+        )
+        meta["t1"] = t1
 
     def target1(compiled: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -691,8 +701,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sections["t4"] = t4
     sections["t1_compiled"] = lambda: target1(True)  # last: compilation takes long
+    only = {s for s in args.only.split(",") if s}
     for name, fn in sections.items():
-        if name in skip:
+        if name in skip or (only and name not in only):
             results[name] = {"skipped": "--skip"}
             continue
         run_section(results, name, fn, deadline)
