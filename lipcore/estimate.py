@@ -82,29 +82,41 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _rows(s: np.ndarray, idx: np.ndarray | None, i: int, j: int) -> np.ndarray:
+    """Rows i:j of s, or of s[idx] without materialising s[idx] (a large set is not copied)."""
+    return np.asarray(s[i:j] if idx is None else s[idx[i:j]], dtype=np.float64)
+
+
 def _scaling(
-    x: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray, chunk: int
+    x: np.ndarray,
+    a: np.ndarray,
+    y: np.ndarray,
+    b: np.ndarray,
+    chunk: int,
+    ix: np.ndarray | None = None,
+    iy: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Centre (weighted mean of the two sets, each weighing 1/2) and one global scale that gives
-    the centred data unit variance per coordinate (1 when all points coincide)."""
+    the centred data unit variance per coordinate (1 when all points coincide). ``ix``, ``iy``:
+    the rows to use (None: all); ``a``, ``b`` are the weights of those rows."""
     d = x.shape[1]
 
-    def moments(s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def moments(s: np.ndarray, w: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
         acc = np.zeros(d)
-        for i in range(0, s.shape[0], chunk):
-            acc += w[i : i + chunk] @ np.asarray(s[i : i + chunk], dtype=np.float64)
+        for i in range(0, len(w), chunk):
+            acc += w[i : i + chunk] @ _rows(s, idx, i, i + chunk)
         return acc
 
-    mu = 0.5 * (moments(x, a) + moments(y, b))
+    mu = 0.5 * (moments(x, a, ix) + moments(y, b, iy))
 
-    def second(s: np.ndarray, w: np.ndarray) -> float:
+    def second(s: np.ndarray, w: np.ndarray, idx: np.ndarray | None) -> float:
         acc = 0.0
-        for i in range(0, s.shape[0], chunk):
-            c = np.asarray(s[i : i + chunk], dtype=np.float64) - mu
+        for i in range(0, len(w), chunk):
+            c = _rows(s, idx, i, i + chunk) - mu
             acc += float(w[i : i + chunk] @ np.einsum("ij,ij->i", c, c))
         return acc
 
-    ms = 0.5 * (second(x, a) + second(y, b)) / d
+    ms = 0.5 * (second(x, a, ix) + second(y, b, iy)) / d
     scale = 1.0 / math.sqrt(ms) if ms > 1e-300 and math.isfinite(1.0 / math.sqrt(ms)) else 1.0
     return mu, scale
 
@@ -153,19 +165,21 @@ def estimate_w1(
     sy = split(m, bw, holdout, rng) if holdout > 0 and sx is not None else None
     if sx is None or sy is None:
         sx = sy = None
-        x_tr, a_tr, y_tr, b_tr = xs, aw, ys, bw
+        ix, a_tr, iy, b_tr = None, aw, None, bw
     else:
-        x_tr, a_tr, y_tr, b_tr = xs[sx.train], sx.w_train, ys[sy.train], sy.w_train
+        ix, a_tr, iy, b_tr = sx.train, sx.w_train, sy.train, sy.w_train
 
-    mu, scale = _scaling(x_tr, a_tr, y_tr, b_tr, config.eval_chunk)
+    chunk = config.eval_chunk
+    mu, scale = _scaling(xs, a_tr, ys, b_tr, chunk, ix, iy)
     mu_t = torch.from_numpy(mu)
 
-    def to_z(s: np.ndarray) -> torch.Tensor:
+    def to_z(s: np.ndarray, idx: np.ndarray | None) -> torch.Tensor:
         """Scaled float32 training inputs; centred in float64 first (data far from the origin
         would lose its digits in a float32 cast), chunk by chunk (bounded temporaries)."""
-        z = np.empty(s.shape, dtype=np.float32)
-        for i in range(0, s.shape[0], config.eval_chunk):
-            z[i : i + config.eval_chunk] = (s[i : i + config.eval_chunk] - mu) * scale
+        k = s.shape[0] if idx is None else len(idx)
+        z = np.empty((k, s.shape[1]), dtype=np.float32)
+        for i in range(0, k, chunk):
+            z[i : i + chunk] = (_rows(s, idx, i, i + chunk) - mu) * scale
         return torch.from_numpy(z).to(dev)
 
     gen_cpu = torch.Generator().manual_seed(int(seed))
@@ -173,9 +187,9 @@ def estimate_w1(
     gen_dev = torch.Generator(device=dev).manual_seed(int(seed) + 1)
     result = train(
         net,
-        to_z(x_tr),
+        to_z(xs, ix),
         torch.from_numpy(a_tr).to(dev, torch.float32),
-        to_z(y_tr),
+        to_z(ys, iy),
         torch.from_numpy(b_tr).to(dev, torch.float32),
         config,
         gen_dev,
