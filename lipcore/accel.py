@@ -76,9 +76,9 @@ def use_cuda_graphs(requested: bool, device: torch.device) -> bool:
 
 
 class CompiledStep:
-    """``fn`` compiled with torch.compile, falling back to eager ``fn`` (with a logged warning)
-    when compilation fails on the first call. ``mode`` None is torch.compile's default; with
-    ``graphs``, "reduce-overhead" (CUDA graphs) and a step marker before each call."""
+    """``fn`` compiled with torch.compile, falling back to eager ``fn`` for good (with a logged
+    warning) when a call of the compiled function fails; a genuine error then recurs in eager.
+    With ``graphs``: mode "reduce-overhead" (CUDA graphs) and a step marker before each call."""
 
     def __init__(self, fn: Callable[..., Any], graphs: bool = False) -> None:
         self.eager = fn
@@ -95,9 +95,7 @@ class CompiledStep:
             return self.eager(*args)
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        if self.calls > 1:
-            return self.compiled(*args)
-        try:
+        try:  # a recompilation (new shapes, new architecture) can fail too, not only the first
             return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: train eagerly instead
             msg = f"torch.compile failed, training eagerly instead: {type(exc).__name__}: {exc}"

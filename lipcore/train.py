@@ -77,6 +77,34 @@ def _mean(f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return f.mean() if w is None else torch.dot(w, f)
 
 
+def _objective(
+    net: LipschitzMLP,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    wxb: torch.Tensor | None,
+    wyb: torch.Tensor | None,
+    precision: str,
+    device_type: str,
+) -> torch.Tensor:
+    """The batch objective (one forward of both batches: one orthonormalisation)."""
+    with forward_autocast(precision, torch.device(device_type)):
+        f = net(torch.cat([xb, yb]))[:, 0]
+    f = f.float()
+    return _mean(f[: xb.shape[0]], wxb) - _mean(f[xb.shape[0] :], wyb)
+
+
+_COMPILED: dict[bool, CompiledStep] = {}
+
+
+def _compiled_objective(graphs: bool) -> CompiledStep:
+    """One compiled _objective per process (and CUDA-graph mode): the network is an argument, so
+    a new network of the same architecture reuses the compiled code instead of recompiling
+    (torch.compile gives up after a few recompilations of one function)."""
+    if graphs not in _COMPILED:
+        _COMPILED[graphs] = CompiledStep(_objective, graphs)
+    return _COMPILED[graphs]
+
+
 def train(
     net: LipschitzMLP,
     zx: torch.Tensor,
@@ -98,20 +126,14 @@ def train(
     sx = _Sampler(zx, wx, config.batch_size, generator)
     sy = _Sampler(zy, wy, config.batch_size, generator)
 
-    def objective(
+    compiled = graphs or bool(getattr(config, "compile", False))
+    fn = _compiled_objective(graphs) if compiled else _objective
+
+    def step_objective(
         xb: torch.Tensor, yb: torch.Tensor, wxb: torch.Tensor | None, wyb: torch.Tensor | None
     ) -> torch.Tensor:
-        """The batch objective (one forward of both batches: one orthonormalisation)."""
-        with forward_autocast(precision, dev):
-            f = net(torch.cat([xb, yb]))[:, 0]
-        f = f.float()
-        return _mean(f[: xb.shape[0]], wxb) - _mean(f[xb.shape[0] :], wyb)
+        return fn(net, xb, yb, wxb, wyb, precision, dev.type)
 
-    step_objective = (
-        CompiledStep(objective, graphs)
-        if graphs or bool(getattr(config, "compile", False))
-        else objective
-    )
     # Fused Adam on CUDA: one kernel for all parameters instead of a few per tensor.
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, fused=dev.type == "cuda" or None)
     with training_precision(precision, dev):
