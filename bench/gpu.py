@@ -68,7 +68,7 @@ SMOKE = {
     "t1": {"d": 8, "width": 32, "depth": 2, "batch": 128, "steps": 20},
     "t2": {"n": 4000, "d": 8, "steps": 60, "batch": 256},
     "t3": {"n": 20000, "d": 16, "steps": 20, "batch": 256},
-    "t4": {"n": 2000, "d": 8, "steps": 20, "batch": 256},
+    "t4": {"n": 2000, "d": 8, "steps": 400, "batch": 256},
     "deel_steps": 5,
     "matmul": 256,
     "small_n": 120,
