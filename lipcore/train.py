@@ -120,13 +120,13 @@ def train(
     (objective / input scale), for progress reports and the returned objective."""
     start = time.perf_counter()
     dev = zx.device
-    # The GPU levers (lipcore.accel); getattr: a config object from before these knobs existed.
-    precision = check_precision(getattr(config, "precision", "float32"))
-    graphs = use_cuda_graphs(bool(getattr(config, "cuda_graphs", False)), dev)
+    # The GPU levers (lipcore.accel).
+    precision = check_precision(config.precision)
+    graphs = use_cuda_graphs(config.cuda_graphs, dev)
     sx = _Sampler(zx, wx, config.batch_size, generator)
     sy = _Sampler(zy, wy, config.batch_size, generator)
 
-    compiled = graphs or bool(getattr(config, "compile", False))
+    compiled = graphs or config.compile
     fn = _compiled_objective(graphs) if compiled else _objective
 
     def step_objective(
