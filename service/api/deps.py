@@ -1,4 +1,8 @@
-"""Typed dependencies: the parts create_app wired, taken from the application state."""
+"""Typed dependencies: the parts create_app wired, taken from the application state.
+
+They are ``async`` though they never await: FastAPI runs a plain ``def`` dependency in its
+thread pool, a hop per dependency per request that a cheap route (the polled GET) notices.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,19 @@ from service.settings import Settings
 from service.store import Database
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_blobs(request: Request) -> BlobStore:
+async def get_blobs(request: Request) -> BlobStore:
     return request.app.state.blobs
 
 
-def get_executor(request: Request) -> Executor:
+async def get_executor(request: Request) -> Executor:
     return request.app.state.executor
 
 
