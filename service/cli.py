@@ -102,19 +102,6 @@ class ProgressBar:
 
 
 # -- the in-process estimate ------------------------------------------------------------------
-def potential_center(model: Any, x: np.ndarray, a: np.ndarray | None, y: np.ndarray,
-                     b: np.ndarray | None) -> float:  # fmt: skip
-    """c = (Σ a f(x) + Σ b f(y)) / 2 of a raw potential (float64), as the service stores it."""
-    from service.report import evaluate
-
-    total = 0.0
-    for s, w in ((x, a), (y, b)):
-        f = evaluate(model, s)
-        wn = np.full(len(f), 1.0 / len(f)) if w is None else np.asarray(w, float) / np.sum(w)
-        total += float(wn @ f)
-    return total / 2.0
-
-
 def estimate_local(
     x: np.ndarray,
     y: np.ndarray,
@@ -170,23 +157,10 @@ def estimate_local(
         est = lipcore.estimate_w1(
             x, y, a, b, config=cfg, holdout=holdout, seed=seed, device=device, callback=callback
         )
-        result.update(
-            w1=float(est.lower_bound),
-            lower_bound=float(est.lower_bound),
-            lipschitz_constant=float(est.lipschitz_constant),
-            holdout=None if est.holdout is None else est.holdout.to_dict(),
-            diagnostics={
-                "grad_norm": {k: float(v) for k, v in est.grad_norm.items()},
-                "objective": float(est.objective),
-            },
-            potential_center=potential_center(est.potential.cpu(), x, a, y, b),
-            device=str(est.device),
-            steps=int(est.steps),
-            config=est.config.to_dict(),
-        )
-        ex = result["exact"]
-        if ex is not None and ex["value"] != 0:
-            result["relative_gap"] = (ex["value"] - est.lower_bound) / ex["value"]
+        from service import runner
+
+        center = runner.potential_center(est, x, a, y, b)
+        result.update(runner.lipschitz_fields(est, center, result["exact"]))
     else:
         result["w1"] = result["exact"]["value"]
     result["seconds"] = time.perf_counter() - t0

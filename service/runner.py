@@ -243,18 +243,21 @@ def _normalised(w: np.ndarray | None, n: int) -> np.ndarray:
     return w / w.sum()
 
 
-def _potential_center(est: Any, data: dict[str, Any], device: str, chunk: int) -> float:
-    """c = (sum a f(x) + sum b f(y)) / 2 of the raw exported potential, in float64."""
+def potential_center(
+    est: Any, x: np.ndarray, a: np.ndarray | None, y: np.ndarray, b: np.ndarray | None
+) -> float:
+    """c = (sum a f(x) + sum b f(y)) / 2 of the raw exported potential, in float64, in chunks."""
     import torch
 
     model = est.potential
     dtype = next(model.parameters()).dtype
-    dev = torch.device(device)
+    dev = torch.device(est.device)
+    chunk = est.config.eval_chunk
     model = model.to(dev)
     total = 0.0
     try:
         with torch.no_grad():
-            for s, w in ((data["x"], data["a"]), (data["y"], data["b"])):
+            for s, w in ((x, a), (y, b)):
                 n = s.shape[0]
                 wn = _normalised(w, n)
                 for i in range(0, n, chunk):
@@ -264,6 +267,28 @@ def _potential_center(est: Any, data: dict[str, Any], device: str, chunk: int) -
     finally:
         est.potential = model.to("cpu")
     return total / 2.0
+
+
+def lipschitz_fields(est: Any, center: float, exact: dict[str, Any] | None) -> dict[str, Any]:
+    """The result-contract fields of a fitted estimate (and the gap to ``exact`` when known)."""
+    gap = None
+    if exact is not None and exact["value"] != 0:
+        gap = (exact["value"] - est.lower_bound) / exact["value"]
+    return {
+        "w1": float(est.lower_bound),
+        "lower_bound": float(est.lower_bound),
+        "lipschitz_constant": float(est.lipschitz_constant),
+        "holdout": None if est.holdout is None else est.holdout.to_dict(),
+        "diagnostics": {
+            "grad_norm": {k: float(v) for k, v in est.grad_norm.items()},
+            "objective": float(est.objective),
+        },
+        "potential_center": center,
+        "device": str(est.device),
+        "steps": int(est.steps),
+        "config": est.config.to_dict(),
+        "relative_gap": gap,
+    }
 
 
 def _resolve_device(settings: Settings) -> str:
@@ -360,29 +385,13 @@ def _compute(
             callback=att.callback,
         )
         att.check_between_phases()
-        center = _potential_center(est, data, est.device, est.config.eval_chunk)
+        center = potential_center(est, x, data["a"], y, data["b"])
         with blobs.temp_path(".safetensors") as tmp:
             est.save(tmp)
             blobs.put_file(tmp, blobs.potential_path(row.id))
         if not att.history:
             att.history = [[int(s), float(o)] for s, o in est.history]
-        result.update(
-            w1=float(est.lower_bound),
-            lower_bound=float(est.lower_bound),
-            lipschitz_constant=float(est.lipschitz_constant),
-            holdout=None if est.holdout is None else est.holdout.to_dict(),
-            diagnostics={
-                "grad_norm": {k: float(v) for k, v in est.grad_norm.items()},
-                "objective": float(est.objective),
-            },
-            potential_center=center,
-            device=str(est.device),
-            steps=int(est.steps),
-            config=est.config.to_dict(),
-        )
-        if exact is not None:
-            ev = exact["value"]
-            result["relative_gap"] = (ev - est.lower_bound) / ev if ev != 0 else None
+        result.update(lipschitz_fields(est, center, exact))
     else:
         assert exact is not None
         result["w1"] = exact["value"]
