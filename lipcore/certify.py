@@ -26,7 +26,8 @@ def evaluate(
     n = x.shape[0]
     out = np.empty(n, dtype=np.float64)
     for i in range(0, n, chunk):
-        xc = torch.from_numpy(np.ascontiguousarray(x[i : i + chunk], dtype=np.float64))
+        # a copy: x may be a read-only memory map, which torch will not wrap
+        xc = torch.from_numpy(np.array(x[i : i + chunk], dtype=np.float64, order="C"))
         out[i : i + chunk] = model(xc.to(device)).reshape(-1).cpu().numpy()
     return out
 
