@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -33,6 +33,7 @@ from service import ingest
 from service.api import errors
 from service.api.deps import BlobsDep, DbDep, SettingsDep
 from service.api.errors import ProblemError
+from service.api.pagination import page
 from service.blobs import BlobStore
 from service.ingest.npy import NpyDigest
 from service.ingest.stream import UploadSink
@@ -402,26 +403,9 @@ def list_datasets(
         where.append(DatasetRow.name == name)
     if sha256 is not None:
         where.append(DatasetRow.sha256 == sha256)
-    with db.session() as s:
-        total = s.execute(select(func.count()).select_from(DatasetRow).where(*where)).scalar_one()
-        rows = (
-            s.execute(
-                select(DatasetRow)
-                .where(*where)
-                .order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            .scalars()
-            .all()
-        )
-    nxt = offset + len(rows)
+    rows, total, nxt = page(db, DatasetRow, where, limit, offset)
     return DatasetList(
-        items=[to_model(r) for r in rows],
-        total=total,
-        limit=limit,
-        offset=offset,
-        next_offset=nxt if nxt < total else None,
+        items=[to_model(r) for r in rows], total=total, limit=limit, offset=offset, next_offset=nxt
     )
 
 

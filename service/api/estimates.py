@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +37,7 @@ from service.api.estimate_models import (
     EvaluateResponse,
     Status,
 )
+from service.api.pagination import page
 from service.blobs import BlobStore
 from service.potentials import PotentialCache, evaluate
 from service.settings import Settings
@@ -331,26 +332,9 @@ def list_estimates(
         where.append(EstimateRow.status == status)
     if dataset is not None:
         where.append((EstimateRow.source_id == dataset) | (EstimateRow.target_id == dataset))
-    with db.session() as s:
-        total = s.execute(select(func.count()).select_from(EstimateRow).where(*where)).scalar_one()
-        rows = (
-            s.execute(
-                select(EstimateRow)
-                .where(*where)
-                .order_by(EstimateRow.created_at.desc(), EstimateRow.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            .scalars()
-            .all()
-        )
-    nxt = offset + len(rows)
+    rows, total, nxt = page(db, EstimateRow, where, limit, offset)
     return EstimateList(
-        items=[to_model(r) for r in rows],
-        total=total,
-        limit=limit,
-        offset=offset,
-        next_offset=nxt if nxt < total else None,
+        items=[to_model(r) for r in rows], total=total, limit=limit, offset=offset, next_offset=nxt
     )
 
 
