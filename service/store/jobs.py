@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from service.store.db import Database
 from service.store.models import EstimateRow, JobStatus, utcnow
@@ -62,6 +63,22 @@ def claim(db: Database, job_id: str, owner: str, lease_s: float, max_attempts: i
     return Claim(job_id, attempt, owner)
 
 
+def _set_if_current(s: Session, c: Claim, values: dict[str, Any]) -> bool:
+    """The compare-and-set every worker write goes through: update the row only while attempt
+    ``c`` is the current, running one. False when someone else has it now."""
+    res = s.execute(
+        update(EstimateRow)
+        .where(
+            EstimateRow.id == c.job_id,
+            EstimateRow.attempt == c.attempt,
+            EstimateRow.status == RUNNING,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
 def heartbeat(
     db: Database,
     c: Claim,
@@ -80,17 +97,7 @@ def heartbeat(
     if history is not None:
         values["history"] = history
     with db.session() as s:
-        res = s.execute(
-            update(EstimateRow)
-            .where(
-                EstimateRow.id == c.job_id,
-                EstimateRow.attempt == c.attempt,
-                EstimateRow.status == RUNNING,
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount != 1:
+        if not _set_if_current(s, c, values):
             return False, False
         cancel = s.execute(
             select(EstimateRow.cancel_requested).where(EstimateRow.id == c.job_id)
@@ -120,17 +127,7 @@ def finish(
     if history is not None:
         values["history"] = history
     with db.session() as s:
-        res = s.execute(
-            update(EstimateRow)
-            .where(
-                EstimateRow.id == c.job_id,
-                EstimateRow.attempt == c.attempt,
-                EstimateRow.status == RUNNING,
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        return res.rowcount == 1
+        return _set_if_current(s, c, values)
 
 
 def request_cancel(db: Database, job_id: str) -> str | None:
