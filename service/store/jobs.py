@@ -157,23 +157,6 @@ def request_cancel(db: Database, job_id: str) -> str | None:
         return s.execute(select(EstimateRow.status).where(EstimateRow.id == job_id)).scalar()
 
 
-def fail_if_cancel_orphaned(db: Database, job_id: str) -> None:
-    """A running job flagged for cancel whose lease expired is nobody's: end it cancelled."""
-    now = utcnow()
-    with db.session() as s:
-        s.execute(
-            update(EstimateRow)
-            .where(
-                EstimateRow.id == job_id,
-                EstimateRow.status == RUNNING,
-                EstimateRow.cancel_requested.is_(True),
-                EstimateRow.lease_expires_at < now,
-            )
-            .values(status=JobStatus.cancelled.value, finished_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-
-
 @dataclass(frozen=True)
 class ReapReport:
     requeued: list[str]

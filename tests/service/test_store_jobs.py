@@ -178,17 +178,6 @@ def test_cancel_running_flags_the_worker(db: Database) -> None:
     assert jobs.request_cancel(db, job) == "cancelled"
 
 
-def test_cancel_orphaned_running_job(db: Database) -> None:
-    job = new_job(db)
-    assert jobs.claim(db, job, "w1", lease_s=30, max_attempts=3) is not None
-    jobs.request_cancel(db, job)
-    jobs.fail_if_cancel_orphaned(db, job)
-    assert row(db, job).status == "running"  # lease still valid: its worker may still end it
-    expire(db, job)
-    jobs.fail_if_cancel_orphaned(db, job)
-    assert row(db, job).status == "cancelled"
-
-
 def test_reap_requeues_fails_and_cancels(db: Database) -> None:
     requeue, exhaust, cancelled, alive = (new_job(db) for _ in range(4))
     for job in (requeue, exhaust, cancelled, alive):
