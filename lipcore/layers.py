@@ -100,11 +100,16 @@ class OrthoLinear(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         return bjorck(self.weight, self.iters)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def training_weight(self) -> torch.Tensor:
+        """The effective weight; in training mode with grad, also remembers the warm start's
+        correction for ``reproject_``."""
         w = self.effective_weight()
         if self.training and torch.is_grad_enabled():
             self._correction = w.detach() - self.weight.detach()
-        return F.linear(x, w, self.bias)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.training_weight(), self.bias)
 
     @torch.no_grad()
     def reproject_(self, iters: int = 0) -> None:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .config import EstimatorConfig
+from .fused import Workspace, fused_objective
 from .layers import ACTIVATIONS, FrobeniusLinear, OrthoLinear
 from .orthogonal import bjorck, frobenius_normalise
 
@@ -32,6 +33,21 @@ class LipschitzMLP(nn.Module):
         for layer in self.hidden:
             z = self.act(layer(z))
         return self.out(z)
+
+    def objective(
+        self, z: torch.Tensor, s: torch.Tensor, workspace: Workspace | None = None
+    ) -> torch.Tensor:
+        """The Kantorovich-Rubinstein batch objective s^T f(z) (s: the rows' signed weights).
+
+        With a ``workspace``, a MaxMin network under grad runs the fused forward and backward of
+        lipcore.fused (the training step's fast path); otherwise plain autograd."""
+        fusable = self.config.activation == "maxmin" and torch.is_grad_enabled()
+        if workspace is None or not fusable:
+            return torch.dot(s, self(z)[:, 0].to(s.dtype))
+        weights = [layer.training_weight() for layer in self.hidden]
+        weights.append(self.out.effective_weight())
+        biases = [layer.bias for layer in (*self.hidden, self.out)]
+        return fused_objective(workspace, z, s, weights, biases)
 
     @torch.no_grad()
     def reproject_(self) -> None:

@@ -22,6 +22,7 @@ from .accel import (
     use_cuda_graphs,
 )
 from .config import EstimatorConfig
+from .fused import Workspace
 from .network import LipschitzMLP
 
 
@@ -44,7 +45,8 @@ class TrainResult:
 
 
 class _Sampler:
-    """Draws one set's training batch: the whole set with weights, or a weighted draw."""
+    """Draws one set's training batch: the whole set with its weights, or a weighted draw (with
+    replacement) of ``batch`` rows that then count equally."""
 
     def __init__(
         self, z: torch.Tensor, w: torch.Tensor, batch: int, generator: torch.Generator
@@ -58,10 +60,15 @@ class _Sampler:
             cum = torch.cumsum(w.to(torch.float64), 0)
             self.cum = (cum / cum[-1]).to(torch.float64)
 
-    def draw(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(batch, weights or None for a plain mean)."""
+    def weights(self) -> torch.Tensor:
+        """The weights of the rows of every batch (the same at each draw)."""
         if self.full:
-            return self.z, self.w
+            return self.w
+        return torch.full((self.batch,), 1.0 / self.batch, dtype=self.z.dtype, device=self.z.device)
+
+    def draw(self) -> torch.Tensor:
+        if self.full:
+            return self.z
         dev = self.z.device
         if self.uniform:
             idx = torch.randint(
@@ -70,27 +77,21 @@ class _Sampler:
         else:
             u = torch.rand(self.batch, device=dev, generator=self.generator, dtype=torch.float64)
             idx = torch.searchsorted(self.cum, u, right=True).clamp_max(self.z.shape[0] - 1)
-        return self.z[idx], None
-
-
-def _mean(f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    return f.mean() if w is None else torch.dot(w, f)
+        return self.z[idx]
 
 
 def _objective(
     net: LipschitzMLP,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    wxb: torch.Tensor | None,
-    wyb: torch.Tensor | None,
+    z: torch.Tensor,
+    s: torch.Tensor,
     precision: str,
     device_type: str,
+    workspace: Workspace | None,
 ) -> torch.Tensor:
-    """The batch objective (one forward of both batches: one orthonormalisation)."""
+    """The batch objective s^T f(z): z stacks both batches (one forward, so one
+    orthonormalisation per step), s holds their signed weights."""
     with forward_autocast(precision, torch.device(device_type)):
-        f = net(torch.cat([xb, yb]))[:, 0]
-    f = f.float()
-    return _mean(f[: xb.shape[0]], wxb) - _mean(f[xb.shape[0] :], wyb)
+        return net.objective(z, s, workspace)
 
 
 _COMPILED: dict[bool, CompiledStep] = {}
@@ -103,6 +104,44 @@ def _compiled_objective(graphs: bool) -> CompiledStep:
     if graphs not in _COMPILED:
         _COMPILED[graphs] = CompiledStep(_objective, graphs)
     return _COMPILED[graphs]
+
+
+def make_objective(
+    net: LipschitzMLP, config: EstimatorConfig, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training objective (z, s) -> s^T f(z) with the config's levers: compiled (CUDA graphs
+    on CUDA), bfloat16 autocast, or by default the fused eager forward and backward of
+    lipcore.fused, whose buffers live as long as the returned function."""
+    precision = check_precision(config.precision)
+    graphs = use_cuda_graphs(config.cuda_graphs, device)
+    if graphs or config.compile:
+        fn = _compiled_objective(graphs)
+        return lambda z, s: fn(net, z, s, precision, device.type, None)
+    workspace = None if precision == "bf16" else Workspace()
+    return lambda z, s: _objective(net, z, s, precision, device.type, workspace)
+
+
+def make_optimizer(net: LipschitzMLP, config: EstimatorConfig) -> torch.optim.Optimizer:
+    """Adam, with its fused kernel (one for all parameters) on CPUs and CUDA."""
+    device = next(net.parameters()).device
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.Adam(net.parameters(), lr=config.lr, fused=fused)
+
+
+def train_step(
+    net: LipschitzMLP,
+    opt: torch.optim.Optimizer,
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    s: torch.Tensor,
+) -> torch.Tensor:
+    """One ascent step on s^T f(z), then the warm-start reprojection. Returns the objective."""
+    obj = objective(z, s)
+    opt.zero_grad(set_to_none=True)
+    (-obj).backward()
+    opt.step()
+    net.reproject_()
+    return obj
 
 
 def train(
@@ -120,31 +159,20 @@ def train(
     (objective / input scale), for progress reports and the returned objective."""
     start = time.perf_counter()
     dev = zx.device
-    # The GPU levers (lipcore.accel).
-    precision = check_precision(config.precision)
-    graphs = use_cuda_graphs(config.cuda_graphs, dev)
     sx = _Sampler(zx, wx, config.batch_size, generator)
     sy = _Sampler(zy, wy, config.batch_size, generator)
-
-    compiled = graphs or config.compile
-    fn = _compiled_objective(graphs) if compiled else _objective
-
-    def step_objective(
-        xb: torch.Tensor, yb: torch.Tensor, wxb: torch.Tensor | None, wyb: torch.Tensor | None
-    ) -> torch.Tensor:
-        return fn(net, xb, yb, wxb, wyb, precision, dev.type)
-
-    # Fused Adam on CUDA: one kernel for all parameters instead of a few per tensor.
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, fused=dev.type == "cuda" or None)
-    with training_precision(precision, dev):
-        return _loop(net, sx, sy, step_objective, opt, config, unit, callback, start, graphs)
+    objective = make_objective(net, config, dev)  # warns if cuda_graphs is asked off CUDA
+    graphs = config.cuda_graphs and dev.type == "cuda"
+    opt = make_optimizer(net, config)
+    with training_precision(config.precision, dev):
+        return _loop(net, sx, sy, objective, opt, config, unit, callback, start, graphs)
 
 
 def _loop(
     net: LipschitzMLP,
     sx: _Sampler,
     sy: _Sampler,
-    step_objective: Callable[..., torch.Tensor],
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     opt: torch.optim.Optimizer,
     config: EstimatorConfig,
     unit: float,
@@ -161,15 +189,10 @@ def _loop(
     best_step = 0
     history: list[tuple[int, float]] = []
     pending: list[torch.Tensor] = []  # batch objectives not yet read back (no sync per step)
+    s = torch.cat([sx.weights(), -sy.weights()])  # the rows' signed weights, fixed
     step = 0
     for step in range(1, total + 1):  # noqa: B007 - step is used after the loop
-        xb, wxb = sx.draw()
-        yb, wyb = sy.draw()
-        obj = step_objective(xb, yb, wxb, wyb)
-        opt.zero_grad(set_to_none=True)
-        (-obj).backward()
-        opt.step()
-        net.reproject_()
+        obj = train_step(net, opt, objective, torch.cat([sx.draw(), sy.draw()]), s)
         lr = lr_min + 0.5 * (config.lr - lr_min) * (1 + math.cos(math.pi * step / total))
         for group in opt.param_groups:
             group["lr"] = lr

@@ -12,7 +12,7 @@ def test_weighted_sampler_draws_by_weight_and_never_a_zero_weight():
     w = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     s = _Sampler(z, w, batch=4, generator=torch.Generator().manual_seed(0))
     assert not s.full and not s.uniform
-    draws = torch.cat([s.draw()[0][:, 0] for _ in range(5000)]).long()
+    draws = torch.cat([s.draw()[:, 0] for _ in range(5000)]).long()
     freq = torch.bincount(draws, minlength=5).double() / draws.numel()
     assert freq[4] == 0
     assert torch.allclose(freq, w.double(), atol=0.01)
@@ -22,8 +22,13 @@ def test_small_set_is_used_whole_with_its_weights():
     z = torch.randn(3, 2)
     w = torch.tensor([0.2, 0.3, 0.5])
     s = _Sampler(z, w, batch=3, generator=torch.Generator())
-    batch, weights = s.draw()
-    assert s.full and torch.equal(batch, z) and torch.equal(weights, w)
+    assert s.full and torch.equal(s.draw(), z) and torch.equal(s.weights(), w)
+
+
+def test_drawn_rows_count_equally():
+    s = _Sampler(torch.randn(10, 2), torch.full((10,), 0.1), batch=4, generator=torch.Generator())
+    assert s.draw().shape == (4, 2)
+    assert torch.equal(s.weights(), torch.full((4,), 0.25))
 
 
 def test_objective_rises_and_is_reported_in_data_units():
