@@ -3,8 +3,9 @@
 - POT ``ot.emd2`` (exact, Euclidean cost, large numItermax): the reference value and its time.
 - GeomLoss ``SamplesLoss("sinkhorn", p=1, blur=..., scaling=0.9)``: entropic approximation.
 - deel-torchlip 1.0.5 (SpectralLinear + GroupSort2 + FrobeniusLinear: power iteration and Björck to
-  convergence at every step) against lipcore's network (3 Björck iterations from a warm start),
-  same architecture, batch, steps, optimiser, learning-rate schedule, data and input scaling. The
+  convergence at every step) against lipcore's network and training step (one Björck iteration
+  from a warm start, the fused forward and backward of lipcore.fused), same architecture, batch,
+  steps, optimiser (Adam, fused kernel), learning-rate schedule, data and input scaling. The
   two are trained in lockstep (one step of each in turn, each step timed) so that a machine whose
   load changes during the run slows both alike. Both are certified the same way afterwards
   (exact float64 spectral norms of the exported weights, every sample in float64).
@@ -32,6 +33,7 @@ from lipcore import EstimatorConfig, exact_w1
 from lipcore.certify import evaluate, lipschitz_constant, weighted_difference
 from lipcore.estimate import _scaling
 from lipcore.network import LipschitzMLP
+from lipcore.train import make_objective, make_optimizer, train_step
 
 
 def problem(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +130,9 @@ def main() -> None:
     zy = torch.from_numpy(((y - mu) * scale).astype(np.float32))
     xs, ys = (x - mu) * scale, (y - mu) * scale  # certified in scaled space, reported / scale
 
-    config = EstimatorConfig(width=args.width, depth=args.depth, ortho_iters=args.ortho_iters)
+    config = EstimatorConfig(
+        width=args.width, depth=args.depth, ortho_iters=args.ortho_iters, lr=args.lr
+    )
     torch.manual_seed(args.seed)
     nets: dict[str, nn.Module] = {"lipcore": LipschitzMLP(d, config, torch.Generator())}
     deel = deel_network(d, args.width, args.depth)
@@ -136,7 +140,14 @@ def main() -> None:
         rows.append(("deel-torchlip 1.0.5", "not installed", "", ""))
     else:
         nets["deel-torchlip"] = deel
-    opts = {k: torch.optim.Adam(m.parameters(), lr=args.lr) for k, m in nets.items()}
+    # lipcore's own training step (lipcore.train: fused forward and backward, fused Adam); the
+    # peer gets the same Adam (fused kernel) and the same plain objective.
+    lip = nets["lipcore"]
+    objective = make_objective(lip, config, torch.device("cpu"))
+    opts = {k: make_optimizer(m, config) for k, m in nets.items()}
+    s = torch.cat(
+        [torch.full((args.batch,), 1 / args.batch), torch.full((args.batch,), -1 / args.batch)]
+    )
     times: dict[str, list[float]] = {k: [] for k in nets}
     gen = torch.Generator().manual_seed(args.seed)
     lr_min = args.lr * config.lr_final
@@ -146,16 +157,17 @@ def main() -> None:
         batch = torch.cat([zx[ix], zy[iy]])
         lr = lr_min + 0.5 * (args.lr - lr_min) * (1 + math.cos(math.pi * step / args.steps))
         for name, net in nets.items():
+            opt = opts[name]
             t = time.perf_counter()
-            f = net(batch)[:, 0]
-            loss = -(f[: args.batch].mean() - f[args.batch :].mean())
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[name].step()
-            if isinstance(net, LipschitzMLP):
-                net.reproject_()
+            if net is lip:
+                train_step(lip, opt, objective, batch, s)
+            else:
+                loss = -torch.dot(s, net(batch)[:, 0])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             times[name].append(time.perf_counter() - t)
-            for g in opts[name].param_groups:
+            for g in opt.param_groups:
                 g["lr"] = lr
 
     per_step: dict[str, float] = {}
