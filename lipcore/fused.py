@@ -55,6 +55,14 @@ def _maxmin_backward(grad: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) 
     torch.lerp(g_max, g_min, mask, out=out[:, h:])
 
 
+def _weight_grad(grad: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
+    """grad^T h_in, the (out, in) weight gradient. With few input columns (the first layer's d),
+    computed as (h_in^T grad)^T: BLAS is 5x faster on that orientation for d = 2."""
+    if h_in.shape[1] < grad.shape[1]:
+        return (h_in.mT @ grad).mT
+    return grad.mT @ h_in
+
+
 class _FusedObjective(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ws: Workspace, z: torch.Tensor, s: torch.Tensor, *params: torch.Tensor):  # type: ignore[override]
@@ -102,7 +110,7 @@ class _FusedObjective(torch.autograd.Function):
         grad.mul_(gs[:, None])
         for k in range(hidden - 1, -1, -1):
             h_in = z if k == 0 else buf[f"act{k - 1}"]
-            grads[2 * k] = grad.mT @ h_in
+            grads[2 * k] = _weight_grad(grad, h_in)
             grads[2 * k + 1] = grad.sum(dim=0)
             if k == 0:
                 break

@@ -93,3 +93,16 @@ def shifted_pair(n: int, d: int, shift: float, seed: int = 0) -> tuple[np.ndarra
     y = rng.normal(size=(n, d))
     y[:, 0] += shift
     return x + np.array([shift] + [0.0] * (d - 1)) * 0, y
+
+
+def steps_lasting(seconds: float, config: dict[str, Any], x: np.ndarray, y: np.ndarray) -> int:
+    """How many training steps of ``config`` on (x, y) take about ``seconds`` on this machine
+    now, from a short in-process run: for a job that must still be running when a test acts on
+    it, whatever this machine's speed."""
+    from lipcore import estimate_w1
+
+    seen = []
+    probe = {**config, "steps": 200, "patience": 0, "min_steps": 0, "progress_every": 200}
+    estimate_w1(x, y, config=probe, device="cpu", callback=seen.append)
+    rate = seen[-1].step / max(seen[-1].elapsed_s, 1e-3)  # training steps per second
+    return int(min(max(seconds * rate, 40), 1_000_000))

@@ -29,6 +29,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from jobfixtures import steps_lasting
+
+from service.settings import Settings
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(240)]
 
@@ -41,7 +44,8 @@ REQUIRED = os.environ.get("LIPWASS_REQUIRE_DISTRIBUTED") == "1"
 
 LEASE_S = 3.0
 TINY = {"width": 8, "depth": 2, "steps": 30, "batch_size": 64}
-# No early stop: runs all its steps (about 5-10 s on a busy 2-core machine).
+MAX_STEPS = Settings.model_fields["max_steps"].default  # the service's limit on steps
+# No early stop: runs all its steps (sized to this machine by the long_steps fixture).
 LONG = {**TINY, "steps": 600, "min_steps": 600, "patience": 100_000}
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -298,12 +302,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="module")
-def data(cluster: Cluster) -> tuple[str, str]:
+def _pair() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 2))
-    y = rng.normal(size=(120, 2)) + np.array([1.0, 0.0])
+    return x, rng.normal(size=(120, 2)) + np.array([1.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def data(cluster: Cluster) -> tuple[str, str]:
+    x, y = _pair()
     return cluster.upload(x, api=0), cluster.upload(y, api=1)
+
+
+@pytest.fixture(scope="module")
+def long_steps() -> int:
+    """Steps of LONG that train for about 6 s on this machine now (a job that must still be
+    running when a test kills or stops its worker); at least LONG's own."""
+    return min(max(steps_lasting(6.0, LONG, *_pair()), LONG["steps"]), MAX_STEPS)
 
 
 def test_ten_jobs_spread_over_both_workers_and_all_succeed(cluster: Cluster, data) -> None:
@@ -376,9 +391,12 @@ def test_reaper_resubmit_skips_a_job_whose_message_is_still_in_redis(cluster: Cl
         rds.close()
 
 
-def test_cancel_through_one_api_stops_a_job_running_under_a_worker(cluster: Cluster, data) -> None:
+def test_cancel_through_one_api_stops_a_job_running_under_a_worker(
+    cluster: Cluster, data, long_steps: int
+) -> None:
     src, tgt = data
-    job_id = cluster.submit(src, tgt, {**LONG, "steps": 20_000, "min_steps": 20_000}, api=0)
+    steps = min(10 * long_steps, MAX_STEPS)  # up to a minute: it must be cancelled, not finish
+    job_id = cluster.submit(src, tgt, {**LONG, "steps": steps, "min_steps": steps}, api=0)
     wait_for(
         lambda: (cluster.get(job_id, 1)["progress"] or {}).get("step", 0) > 0,
         60,
@@ -390,7 +408,7 @@ def test_cancel_through_one_api_stops_a_job_running_under_a_worker(cluster: Clus
     (job,) = cluster.wait_ended([job_id], timeout=30, api=0)
     assert job["status"] == "cancelled"
     assert time.monotonic() - t0 < 15
-    assert job["progress"]["step"] < 20_000
+    assert job["progress"]["step"] < steps
     assert len(cluster.log_lines(job_id, "job cancelled")) == 1
 
 
@@ -439,9 +457,12 @@ def test_redis_flushed_while_jobs_are_queued_the_reaper_requeues_them(
         assert len(sent) >= 2, job_id
 
 
-def test_worker_killed_mid_job_the_other_worker_finishes_it_once(cluster: Cluster, data) -> None:
+def test_worker_killed_mid_job_the_other_worker_finishes_it_once(
+    cluster: Cluster, data, long_steps: int
+) -> None:
     src, tgt = data
-    job_id = cluster.submit(src, tgt, LONG, api=1, seed=7)
+    long = {**LONG, "steps": long_steps, "min_steps": long_steps}
+    job_id = cluster.submit(src, tgt, long, api=1, seed=7)
     wait_for(
         lambda: (cluster.get(job_id)["progress"] or {}).get("step", 0) > 0,
         60,
@@ -468,14 +489,17 @@ def test_worker_killed_mid_job_the_other_worker_finishes_it_once(cluster: Cluste
     assert len(cluster.log_lines(job_id, "job started")) == 2
 
 
-def test_sigterm_mid_job_stops_the_worker_and_the_job_is_requeued(cluster: Cluster, data) -> None:
+def test_sigterm_mid_job_stops_the_worker_and_the_job_is_requeued(
+    cluster: Cluster, data, long_steps: int
+) -> None:
     """Runs after the kill test, on the surviving worker: SIGTERM while a job runs longer than
     the shutdown grace (2 s) -> the worker exits 0 at once after it, and the job, whose lease
     is no longer renewed, goes back to the queue (no worker is left to take it: cancelled)."""
     (worker,) = [w for w in cluster.workers if w.alive()]
     health = cluster.root / f"{worker.name}.health"
     src, tgt = data
-    job_id = cluster.submit(src, tgt, {**LONG, "steps": 20_000, "min_steps": 20_000}, api=0)
+    steps = min(10 * long_steps, MAX_STEPS)  # longer than the shutdown grace, by far
+    job_id = cluster.submit(src, tgt, {**LONG, "steps": steps, "min_steps": steps}, api=0)
     wait_for(
         lambda: (cluster.get(job_id)["progress"] or {}).get("step", 0) > 0,
         60,

@@ -11,7 +11,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from jobfixtures import TINY, add_dataset, add_estimate, get_row, open_store, shifted_pair
+from jobfixtures import (
+    TINY,
+    add_dataset,
+    add_estimate,
+    get_row,
+    open_store,
+    shifted_pair,
+    steps_lasting,
+)
 
 from service.blobs import BlobStore
 from service.executors.base import Executor
@@ -21,7 +29,9 @@ from service.store import Database, EstimateRow, jobs
 
 FINISHED = ("succeeded", "failed", "cancelled")
 LONG = {**TINY, "steps": 5000, "patience": 0, "progress_every": 1}
-MEDIUM = {**TINY, "steps": 40, "patience": 0, "progress_every": 5}
+MEDIUM = {**TINY, "patience": 0, "progress_every": 5}  # steps: sized to this machine (below)
+MEDIUM_SECONDS = 5.0  # each attempt's training time: the test acts on it while it runs
+PAIR = (60, 2, 1.0)  # the source and target of every job here (shifted_pair's arguments)
 
 
 @pytest.fixture
@@ -41,7 +51,7 @@ def env(
         device="cpu",
     )
     db, blobs = open_store(settings)
-    x, y = shifted_pair(60, 2, 1.0)
+    x, y = shifted_pair(*PAIR)
     yield settings, db, blobs, add_dataset(db, blobs, x), add_dataset(db, blobs, y)
     db.dispose()
 
@@ -118,7 +128,8 @@ def test_killed_child_is_rerun_and_restart_resumes(env, executors) -> None:
     settings, db, _, sx, sy = env
     ex = executors(settings, db)
     ex.start()
-    est = add_estimate(db, sx, sy, config=MEDIUM)
+    medium = {**MEDIUM, "steps": steps_lasting(MEDIUM_SECONDS, MEDIUM, *shifted_pair(*PAIR))}
+    est = add_estimate(db, sx, sy, config=medium)
     ex.submit(est)
     wait_for(progressed(db, est, 5), what="progress before the kill")
     assert get_row(db, est).attempt == 1
@@ -136,8 +147,8 @@ def test_killed_child_is_rerun_and_restart_resumes(env, executors) -> None:
     again.start()  # a restarted server resumes it: attempt 3 runs to the end
     row = wait_for(finished(db, est), timeout=90, what="the resumed job")
     assert row.status == "succeeded", row.error
-    assert row.attempt == 3 and row.result["steps"] == 40
-    assert row.history[-1][0] == 40 and row.error is None
+    assert row.attempt == 3 and row.result["steps"] == medium["steps"]
+    assert row.history[-1][0] == medium["steps"] and row.error is None
 
 
 def test_kills_a_child_that_ignores_cancel_or_runs_too_long(env, executors) -> None:
