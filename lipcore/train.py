@@ -122,10 +122,12 @@ def make_objective(
 
 
 def make_optimizer(net: LipschitzMLP, config: EstimatorConfig) -> torch.optim.Optimizer:
-    """Adam, with its fused kernel (one for all parameters) on CPUs and CUDA."""
-    device = next(net.parameters()).device
-    fused = True if device.type in ("cpu", "cuda") else None
-    return torch.optim.Adam(net.parameters(), lr=config.lr, fused=fused)
+    """Adam, with its fused kernel (one for all parameters) where this torch has one for the
+    device (CPUs and CUDA in recent versions), else the default implementation."""
+    try:
+        return torch.optim.Adam(net.parameters(), lr=config.lr, fused=True)
+    except RuntimeError:  # "fused=True requires ... supported devices"
+        return torch.optim.Adam(net.parameters(), lr=config.lr)
 
 
 def train_step(

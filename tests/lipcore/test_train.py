@@ -4,7 +4,7 @@ import torch
 
 from lipcore import EstimatorConfig
 from lipcore.network import LipschitzMLP
-from lipcore.train import _Sampler, train
+from lipcore.train import _Sampler, make_objective, make_optimizer, train, train_step
 
 
 def test_weighted_sampler_draws_by_weight_and_never_a_zero_weight():
@@ -53,3 +53,37 @@ def test_divergence_is_an_error_not_a_number():
     w = torch.full((4,), 0.25)
     with pytest.raises(FloatingPointError, match="diverged"):
         train(net, z, w, z, w, config, torch.Generator())
+
+
+def test_default_step_is_fused_and_matches_plain_autograd():
+    config = EstimatorConfig(width=16, depth=3)
+    g = torch.Generator().manual_seed(0)
+    # float64: Adam's first steps amplify float32 rounding (an update is +-lr whatever the size)
+    z = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    s = torch.full((64,), 1 / 32, dtype=torch.float64)
+    s[32:] *= -1
+    nets = [LipschitzMLP(2, config, torch.Generator().manual_seed(1)).double() for _ in range(2)]
+    fused = make_objective(nets[0], config, torch.device("cpu"))
+    plain = lambda z, s: nets[1].objective(z, s)  # noqa: E731 - no workspace: plain autograd
+    opts = [make_optimizer(n, config) for n in nets]
+    for _ in range(5):
+        a = train_step(nets[0], opts[0], fused, z, s)
+        b = train_step(nets[1], opts[1], plain, z, s)
+        assert torch.allclose(a, b, rtol=1e-10)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-9, atol=1e-12)
+    assert opts[0].defaults["fused"] is True  # Adam's fused kernel on a CPU
+
+
+def test_optimizer_falls_back_where_fused_adam_is_missing(monkeypatch):
+    real = torch.optim.Adam
+
+    def adam(params, lr, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be on supported devices")
+        return real(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam)
+    net = LipschitzMLP(2, EstimatorConfig(width=4, depth=1), torch.Generator())
+    opt = make_optimizer(net, EstimatorConfig(width=4, depth=1))
+    assert not opt.defaults["fused"]
