@@ -8,7 +8,7 @@
    in-process (`service.cli.estimate_local`, lipcore already imported), ``--repeats`` times each.
 
     .venv/bin/python bench/service.py [--pollers 100] [--seconds 10] [--interval 1]
-                                      [--n 1000] [--steps 100] [--repeats 2]
+                                      [--n 1000] [--steps 100] [--repeats 2] [--gap 0]
 
 Prints one JSON document (figures in seconds / milliseconds). The client runs on the same
 machine as the server, so on a small machine the pollers compete with the server for CPU.
@@ -134,7 +134,9 @@ async def poll(
     }
 
 
-def overhead(url: str, n: int, d: int, steps: int, repeats: int) -> dict[str, object]:
+def overhead(
+    url: str, n: int, d: int, steps: int, repeats: int, gap: float = 0.0
+) -> dict[str, object]:
     from service.cli import estimate_local
     from service.client import Client
 
@@ -143,6 +145,8 @@ def overhead(url: str, n: int, d: int, steps: int, repeats: int) -> dict[str, ob
     service_s, local_s, server_job_s, queue_s, diffs = [], [], [], [], []
     with Client(url, timeout=60) as c:
         for k in range(repeats):
+            if k:
+                time.sleep(gap)  # jobs spaced out (a user's pace) or back to back (a burst)
             x = rng.normal(size=(n, d))
             y = rng.normal(size=(n, d)) + np.eye(d)[0]
             t = time.perf_counter()
@@ -163,7 +167,7 @@ def overhead(url: str, n: int, d: int, steps: int, repeats: int) -> dict[str, ob
         return round(statistics.median(v), 3)
 
     return {
-        "n": n, "d": d, "steps": steps, "repeats": repeats,
+        "n": n, "d": d, "steps": steps, "repeats": repeats, "gap_s": gap,
         "service_s": med(service_s), "in_process_s": med(local_s),
         "overhead_s": med([a - b for a, b in zip(service_s, local_s, strict=True)]),
         "job_seconds_in_child": med(server_job_s),
@@ -183,6 +187,7 @@ def main() -> None:
     p.add_argument("--d", type=int, default=2)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--gap", type=float, default=0.0, help="seconds between overhead jobs")
     p.add_argument("--skip-overhead", action="store_true")
     args = p.parse_args()
 
@@ -208,7 +213,7 @@ def main() -> None:
             ]
             over = None
             if not args.skip_overhead:
-                over = overhead(url, args.n, args.d, args.steps, args.repeats)
+                over = overhead(url, args.n, args.d, args.steps, args.repeats, args.gap)
         finally:
             proc.kill()
             proc.wait()

@@ -261,7 +261,8 @@ def potential_center(
                 n = s.shape[0]
                 wn = _normalised(w, n)
                 for i in range(0, n, chunk):
-                    z = torch.from_numpy(np.asarray(s[i : i + chunk], dtype=np.float64))
+                    # a copy of one chunk: the dataset may be a read-only memory map
+                    z = torch.from_numpy(np.array(s[i : i + chunk], dtype=np.float64))
                     f = model(z.to(dev, dtype))[:, 0].double().cpu().numpy()
                     total += float(wn[i : i + chunk] @ f)
     finally:
@@ -436,6 +437,25 @@ def _classify(exc: BaseException) -> JobError:
     if "OutOfMemory" in name:
         return JobError("out_of_memory", "The job ran out of memory", str(exc))
     return JobError("internal", "The job failed unexpectedly", f"{name}: {exc}")
+
+
+def preload() -> None:
+    """Pay a job's one-off start costs ahead, in a process that waits for its job: the imports
+    (torch, lipcore, POT: seconds) and the first call of a training step and a certificate (lazy
+    initialisation in torch and its BLAS), on a tiny problem on the CPU (no CUDA context is
+    created for a process that may wait long). A failure here only loses the head start."""
+    try:
+        import numpy as np
+        import ot  # noqa: F401
+
+        import lipcore
+
+        g = np.random.default_rng(0)
+        x, y = g.normal(size=(16, 2)), g.normal(size=(16, 2)) + 1.0
+        config = {"width": 8, "depth": 1, "steps": 2, "batch_size": 8, "min_steps": 0}
+        lipcore.estimate_w1(x, y, config=config, holdout=0.0, device="cpu")
+    except Exception:  # noqa: BLE001 - the job itself will report a real problem
+        log.exception("preloading the job code failed")
 
 
 def run_job(

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(
         10.0, gt=0, description="A cancelled job still running after this long is killed/ended."
     )
+    warm_processes: bool = Field(
+        True,
+        description="Embedded mode: keep one job process per slot started ahead, torch imported,"
+        " so that a job starts without seconds of imports (costs one idle process per slot).",
+    )
     requeue_after_s: float = Field(
         60.0, gt=0, description="Queued jobs older than this are re-submitted by the reaper."
     )

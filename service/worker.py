@@ -142,7 +142,7 @@ def main(
 
     from service.blobs import BlobStore
     from service.executors.dramatiq import broker_heartbeat, declare_actor, make_broker
-    from service.runner import run_job
+    from service.runner import preload, run_job
     from service.store import Database
 
     settings.ensure_dirs()
@@ -151,9 +151,8 @@ def main(
         db.migrate()  # serialised by an advisory lock on PostgreSQL
     blobs = BlobStore(settings.data_dir / "blobs")
 
-    import torch  # after CUDA_VISIBLE_DEVICES is final; warms the first job
-
-    import lipcore  # noqa: F401
+    preload()  # after CUDA_VISIBLE_DEVICES is final: imports and first calls, off the first job
+    import torch
 
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     runs = itertools.count(1)

@@ -10,6 +10,9 @@
   steps; a child still alive after ``cancel_grace_s`` is killed and the job written ``cancelled``.
 - ``start`` submits every queued job and starts the reaper, so a restarted service resumes all
   work; ``stop`` terminates the children and expires their leases so the next start re-runs them.
+- Warm processes (``settings.warm_processes``): each slot keeps one spawned child started ahead,
+  its imports (torch: seconds) done, waiting on a pipe; a job goes to it instead of a cold spawn,
+  and a new one is started behind it. Still one job per process, so a kill ends one job only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from sqlalchemy import select, update
@@ -38,27 +42,47 @@ TICK_S = 0.1  # the dispatcher's polling period when idle
 
 
 def _child_main(
-    job_id: str,
+    job: tuple[str, str] | None,
     settings_data: dict[str, Any],
-    owner: str,
     cuda: str | None,
     threads: int | None = None,
+    conn: Connection | None = None,
 ) -> None:
-    """The spawned child's entry point: rebuild the settings and run one attempt of the job.
+    """The spawned child's entry point: rebuild the settings and run one attempt of one job.
 
-    ``cuda`` pins the child to one GPU; ``threads`` bounds its CPU threads when several CPU jobs
-    share the machine (set before torch is imported; a user's OMP_NUM_THREADS wins).
+    ``job`` is (job id, lease owner); None makes a warm spare, which pays the job's start costs
+    first (:func:`service.runner.preload`: imports, first calls) and then waits on ``conn`` for
+    its job, or for None or the parent's end (EOF: exit). ``cuda`` pins the child to one GPU;
+    ``threads`` bounds its CPU threads when several CPU jobs share the machine (set before torch
+    is imported; a user's OMP_NUM_THREADS wins).
     """
     if cuda is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     from service.logs import setup_logging
-    from service.runner import run_job
+    from service.runner import preload, run_job
 
     settings = Settings(_env_file=None, **settings_data)
     setup_logging(settings.log_level)
-    run_job(job_id, settings, owner)
+    if job is None and conn is not None:
+        preload()
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the executor stopped or died: nothing to run
+            return
+        finally:
+            conn.close()
+    if job is not None:
+        run_job(job[0], settings, job[1])
+
+
+@dataclass
+class _Spare:
+    """A warm child waiting for its job: torch already imported, pinned to its slot's GPU."""
+
+    process: Any  # multiprocessing.context.SpawnProcess
+    conn: Connection  # the executor's end of the pipe the job goes through
 
 
 @dataclass
@@ -83,6 +107,7 @@ class LocalExecutor:
         self._pending: set[str] = set()  # on the queue or running in a child
         self._again: set[str] = set()  # submitted while running: queue again when the child ends
         self._children: dict[str, _Child] = {}
+        self._spares: dict[int, _Spare] = {}  # slot -> its warm child (settings.warm_processes)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -128,9 +153,15 @@ class LocalExecutor:
             self._children.clear()
             self._pending.clear()
             self._again.clear()
+            spares = list(self._spares.values())
+            self._spares.clear()
+        for spare in spares:
+            spare.conn.close()  # EOF: the spare exits by itself
         for ch in children:
             self._terminate(ch.process)
             self._expire_lease(ch)
+        for spare in spares:
+            self._terminate(spare.process)
         while not self._queue.empty():
             self._queue.get_nowait()
 
@@ -168,6 +199,12 @@ class LocalExecutor:
         """Job id -> pid of the child running it."""
         with self._lock:
             return {k: c.process.pid for k, c in self._children.items() if c.process.pid}
+
+    def spares(self) -> dict[int, int]:
+        """Slot -> pid of its live warm process (settings.warm_processes)."""
+        with self._lock:
+            spares = dict(self._spares)
+        return {k: sp.process.pid for k, sp in spares.items() if sp.process.is_alive()}
 
     # -- the dispatcher ------------------------------------------------------------------------
     def _resources(self) -> tuple[int, list[str]]:
@@ -215,6 +252,7 @@ class LocalExecutor:
             if ch.kill_at is not None and now >= ch.kill_at:
                 self._kill_and_end(ch)
         self._dispatch()
+        self._keep_spares()
 
     def _dispatch(self) -> None:
         while not self._stop.is_set():
@@ -249,19 +287,72 @@ class LocalExecutor:
             return True
         return status == JobStatus.running.value and (lease is None or lease < utcnow())
 
-    def _spawn(self, job_id: str, slot: int) -> None:
-        owner = f"{self._owner_prefix}:{uuid.uuid4().hex[:8]}"
+    def _process(self, slot: int, job: tuple[str, str] | None, conn: Connection | None) -> Any:
+        """A new (not started) spawned child for ``slot``: running ``job``, or a spare on
+        ``conn``."""
         cuda = self._gpus[slot % len(self._gpus)] if self._gpus else None
         data = self.settings.model_dump()  # pickled to the child (Paths, secrets intact)
-        proc = self._ctx.Process(
+        return self._ctx.Process(
             target=_child_main,
-            args=(job_id, data, owner, cuda, self._threads),
-            name=f"lipwass-job-{job_id}",
+            args=(job, data, cuda, self._threads, conn),
+            name=f"lipwass-job-{job[0]}" if job else f"lipwass-spare-{slot}",
             daemon=True,
         )
+
+    def _keep_spares(self) -> None:
+        """Start a warm spare for every slot that has none (settings.warm_processes), so that
+        the slot's next job starts without the child's seconds of imports."""
+        if not self.settings.warm_processes or self._stop.is_set():
+            return
+        for slot in range(self.concurrency):
+            with self._lock:
+                spare = self._spares.get(slot)
+            if spare is not None and spare.process.is_alive():
+                continue
+            if spare is not None:  # died while waiting (killed, say): replace it
+                spare.conn.close()
+                spare.process.join(timeout=1)
+            ours, theirs = self._ctx.Pipe()
+            proc = self._process(slot, None, theirs)
+            try:
+                proc.start()
+            except Exception:  # noqa: BLE001 - jobs still start cold
+                log.exception("could not start a warm job process")
+                ours.close()
+                return
+            finally:
+                theirs.close()  # the child holds its own copy
+            with self._lock:
+                self._spares[slot] = _Spare(proc, ours)
+
+    def _take_spare(self, slot: int, job: tuple[str, str]) -> Any | None:
+        """The slot's warm spare, handed ``job``; None when there is no live one."""
+        with self._lock:
+            spare = self._spares.pop(slot, None)
+        if spare is None:
+            return None
+        try:
+            if not spare.process.is_alive():
+                raise OSError("the spare exited")
+            spare.conn.send(job)
+        except OSError:  # dead or broken: start the job cold instead
+            self._terminate(spare.process, wait_s=1.0)
+            return None
+        finally:
+            spare.conn.close()
+        return spare.process
+
+    def _spawn(self, job_id: str, slot: int) -> None:
+        owner = f"{self._owner_prefix}:{uuid.uuid4().hex[:8]}"
+        job = (job_id, owner)
+        warm = self._take_spare(slot, job)
+        proc = warm if warm is not None else self._process(slot, job, None)
         ch = _Child(job_id, proc, owner, slot, time.monotonic())
         with self._lock:
             self._children[job_id] = ch
+        if warm is not None:
+            log.info("job handed to a warm process (pid %s)", proc.pid, extra={"job_id": job_id})
+            return
         try:
             proc.start()
         except Exception:

@@ -124,6 +124,43 @@ def test_runs_jobs_in_spawned_children_and_cancels(env, executors) -> None:
         ex.check()
 
 
+def test_warm_processes_take_jobs_and_are_replaced(env, executors) -> None:
+    settings, db, _, sx, sy = env
+    ex = executors(settings.model_copy(update={"concurrency": 1}), db)
+    ex.start()
+    first = wait_for(lambda: ex.spares().get(0), what="a warm process")
+    os.kill(first, signal.SIGKILL)  # a spare that dies while it waits is replaced
+    spare = wait_for(lambda: (ex.spares().get(0) or first) != first and ex.spares()[0])
+    long = add_estimate(db, sx, sy, config=LONG)
+    ex.submit(long)
+    assert wait_for(lambda: ex.running().get(long), what="the job's process") == spare
+    wait_for(progressed(db, long, 3), what="progress of the long job")
+    behind = wait_for(lambda: ex.spares().get(0), what="the next warm process")
+    assert behind not in (spare, first)
+    assert jobs.request_cancel(db, long) == "running"
+    ex.cancel(long)
+    assert wait_for(finished(db, long), timeout=30, what="the cancel").status == "cancelled"
+    quick = add_estimate(db, sx, sy)
+    ex.submit(quick)  # the next job starts in the process that waited behind
+    row = wait_for(finished(db, quick), what="the quick job")
+    assert row.status == "succeeded" and row.attempt == 1, row.error
+    ex.stop()
+    for pid in (spare, behind):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # ended and reaped
+    assert ex.spares() == {}
+
+
+def test_without_warm_processes_jobs_start_cold(env, executors) -> None:
+    settings, db, _, sx, sy = env
+    ex = executors(settings.model_copy(update={"warm_processes": False}), db)
+    ex.start()
+    est = add_estimate(db, sx, sy)
+    ex.submit(est)
+    assert wait_for(finished(db, est), what="the job").status == "succeeded"
+    assert ex.spares() == {}
+
+
 def test_killed_child_is_rerun_and_restart_resumes(env, executors) -> None:
     settings, db, _, sx, sy = env
     ex = executors(settings, db)
