@@ -40,8 +40,13 @@ class LipschitzMLP(nn.Module):
         """The Kantorovich-Rubinstein batch objective s^T f(z) (s: the rows' signed weights).
 
         With a ``workspace``, a MaxMin network under grad runs the fused forward and backward of
-        lipcore.fused (the training step's fast path); otherwise plain autograd."""
-        fusable = self.config.activation == "maxmin" and torch.is_grad_enabled()
+        lipcore.fused (the training step's fast path: gradients for the parameters only);
+        otherwise, or when z or s need a gradient, plain autograd."""
+        fusable = (
+            self.config.activation == "maxmin"
+            and torch.is_grad_enabled()
+            and not (z.requires_grad or s.requires_grad)
+        )
         if workspace is None or not fusable:
             return torch.dot(s, self(z)[:, 0].to(s.dtype))
         weights = [layer.training_weight() for layer in self.hidden]

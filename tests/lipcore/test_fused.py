@@ -56,6 +56,16 @@ def test_fullsort_and_no_grad_take_the_plain_path():
     assert ws.generation == 0
 
 
+def test_inputs_that_need_a_gradient_take_the_plain_path():
+    net = _net(2, 8, 2, torch.float64)
+    z = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    s = torch.full((6,), 1 / 6, dtype=torch.float64)
+    ws = Workspace()
+    (gz,) = torch.autograd.grad(net.objective(z, s, ws), z)  # the fused node has no z gradient
+    (ref,) = torch.autograd.grad(torch.dot(s, net(z)[:, 0]), z)
+    assert ws.generation == 0 and torch.allclose(gz, ref)
+
+
 def test_fused_direct_call_matches_module():
     net = _net(4, 10, 2, torch.float64)
     z = torch.randn(7, 4, dtype=torch.float64)
