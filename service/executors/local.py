@@ -39,6 +39,7 @@ from service.store.models import utcnow
 log = logging.getLogger("lipwass.executor.local")
 
 TICK_S = 0.1  # the dispatcher's polling period when idle
+SPARE_RETRY_S = 5.0  # a warm process that died waiting is replaced after this long (no spawn loop)
 
 
 def _child_main(
@@ -108,6 +109,7 @@ class LocalExecutor:
         self._again: set[str] = set()  # submitted while running: queue again when the child ends
         self._children: dict[str, _Child] = {}
         self._spares: dict[int, _Spare] = {}  # slot -> its warm child (settings.warm_processes)
+        self._spare_after: dict[int, float] = {}  # slot -> when a dead spare may be replaced
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -304,14 +306,25 @@ class LocalExecutor:
         the slot's next job starts without the child's seconds of imports."""
         if not self.settings.warm_processes or self._stop.is_set():
             return
+        now = time.monotonic()
         for slot in range(self.concurrency):
             with self._lock:
                 spare = self._spares.get(slot)
             if spare is not None and spare.process.is_alive():
                 continue
-            if spare is not None:  # died while waiting (killed, say): replace it
+            if spare is not None:  # died while waiting (killed, a broken import): replace it later
+                with self._lock:
+                    self._spares.pop(slot, None)
                 spare.conn.close()
                 spare.process.join(timeout=1)
+                log.warning(
+                    "warm job process died while waiting (exit code %s); replaced in %g s",
+                    spare.process.exitcode,
+                    SPARE_RETRY_S,
+                )
+                self._spare_after[slot] = now + SPARE_RETRY_S
+            if now < self._spare_after.get(slot, 0.0):
+                continue
             ours, theirs = self._ctx.Pipe()
             proc = self._process(slot, None, theirs)
             try:
