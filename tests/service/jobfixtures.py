@@ -24,9 +24,17 @@ def open_store(settings: Settings) -> tuple[Database, BlobStore]:
 
 
 def add_dataset(
-    db: Database, blobs: BlobStore, samples: np.ndarray, weights: np.ndarray | None = None
+    db: Database,
+    blobs: BlobStore,
+    samples: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    distinct: bool = True,
 ) -> str:
-    """Store ``samples`` (and normalised weights) and their row; returns the dataset id."""
+    """Store ``samples`` (and normalised weights) and their row; returns the dataset id.
+
+    ``distinct``: a new row even for equal arrays; else content-addressed as the upload route
+    is (id and hash from the data: equal arrays must then not be added twice)."""
     samples = np.ascontiguousarray(samples, dtype=np.float64)
     if samples.ndim == 1:
         samples = samples[:, None]
@@ -34,10 +42,11 @@ def add_dataset(
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         h.update(weights.tobytes())
-    h.update(uuid.uuid4().bytes)  # distinct rows even for equal arrays
+    if distinct:
+        h.update(uuid.uuid4().bytes)
     sha = h.hexdigest()
     blobs.put_dataset(sha, samples, weights)
-    ds_id = f"ds_{uuid.uuid4().hex[:16]}"
+    ds_id = f"ds_{uuid.uuid4().hex[:16]}" if distinct else f"ds_{sha[:16]}"
     with db.session() as s:
         s.add(
             DatasetRow(

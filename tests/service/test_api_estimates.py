@@ -3,12 +3,12 @@ SSE, and (with a real, tiny job run in-process) results, potential download and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from pathlib import Path
 from typing import Any
 
+import jobfixtures
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -17,34 +17,15 @@ from sqlalchemy import update
 import lipcore
 from service.api import estimates as estimates_api
 from service.settings import Settings
-from service.store import DatasetRow, EstimateRow
+from service.store import EstimateRow
 
 TINY = {"width": 16, "depth": 2, "steps": 30, "batch_size": 64, "min_steps": 0}
 
 
 def add_dataset(client: TestClient, samples: np.ndarray, weights: np.ndarray | None = None) -> str:
     """Store a dataset the way the upload route does (row + content-addressed blob)."""
-    samples = np.ascontiguousarray(samples, dtype=np.float64)
-    if samples.ndim == 1:
-        samples = samples[:, None]
-    h = hashlib.sha256(samples.tobytes() + (b"" if weights is None else weights.tobytes()))
-    sha = h.hexdigest()
-    client.app.state.blobs.put_dataset(sha, samples, weights)
-    ds_id = "ds_" + sha[:16]
-    with client.app.state.db.session() as s:
-        s.add(
-            DatasetRow(
-                id=ds_id,
-                name=None,
-                n=samples.shape[0],
-                d=samples.shape[1],
-                dtype="float64",
-                weighted=weights is not None,
-                sha256=sha,
-                bytes=samples.nbytes,
-            )
-        )
-    return ds_id
+    state = client.app.state
+    return jobfixtures.add_dataset(state.db, state.blobs, samples, weights, distinct=False)
 
 
 def pair(client: TestClient, n: int = 40, m: int = 40, d: int = 2, seed: int = 0):
