@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from ingestfixtures import ingest_body, refusal
 
 from service import ingest
 
@@ -33,18 +34,11 @@ def table_of(a: np.ndarray, weights: np.ndarray | None = None) -> pa.Table:
 
 
 def run(tmp: Path, body: bytes) -> tuple[ingest.Ingested, np.ndarray]:
-    src, out = tmp / "body.arrow", tmp / "out.npy"
-    src.write_bytes(body)
-    ds = ingest.ingest(src, ARROW, LIMITS, out)
-    return ds, np.load(ds.samples_file, allow_pickle=False)
+    return ingest_body(tmp, ARROW, body, LIMITS)
 
 
 def rejects(tmp: Path, body: bytes, *words: str) -> None:
-    with pytest.raises(ingest.IngestError) as e:
-        run(tmp, body)
-    assert e.value.status == 422, e.value.detail
-    for w in words:
-        assert w.lower() in e.value.detail.lower(), e.value.detail
+    refusal(tmp, ARROW, body, LIMITS, 422, *words)
 
 
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ingestfixtures import ingest_body, refusal
 
 from service import ingest
 
@@ -14,18 +15,11 @@ CSV = ingest.format_for("text/csv; charset=utf-8")
 
 
 def run(tmp: Path, text: str | bytes, limits: ingest.Limits = LIMITS):
-    src, out = tmp / "body.csv", tmp / "out.npy"
-    src.write_bytes(text.encode() if isinstance(text, str) else text)
-    ds = ingest.ingest(src, CSV, limits, out)
-    return ds, np.load(ds.samples_file, allow_pickle=False)
+    return ingest_body(tmp, CSV, text, limits)
 
 
 def rejects(tmp: Path, text: str | bytes, *words: str, status: int = 422) -> None:
-    with pytest.raises(ingest.IngestError) as e:
-        run(tmp, text)
-    assert e.value.status == status, e.value.detail
-    for w in words:
-        assert w.lower() in e.value.detail.lower(), e.value.detail
+    refusal(tmp, CSV, text, LIMITS, status, *words)
 
 
 def test_round_trip_with_weights_in_any_column(tmp_path: Path) -> None:

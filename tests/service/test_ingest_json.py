@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from ingestfixtures import ingest_body, refusal
 
 from service import ingest
 
@@ -18,18 +19,11 @@ JSON = ingest.format_for("application/json")
 
 
 def run(tmp: Path, body: str | bytes, limits: ingest.Limits = LIMITS):
-    src, out = tmp / "body.json", tmp / "out.npy"
-    src.write_bytes(body.encode() if isinstance(body, str) else body)
-    ds = ingest.ingest(src, JSON, limits, out)
-    return ds, np.load(ds.samples_file, allow_pickle=False)
+    return ingest_body(tmp, JSON, body, limits)
 
 
 def rejects(tmp: Path, body: str | bytes, *words: str, status: int = 422) -> None:
-    with pytest.raises(ingest.IngestError) as e:
-        run(tmp, body)
-    assert e.value.status == status, e.value.detail
-    for w in words:
-        assert w.lower() in e.value.detail.lower(), e.value.detail
+    refusal(tmp, JSON, body, LIMITS, status, *words)
 
 
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]

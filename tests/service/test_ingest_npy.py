@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from ingestfixtures import ingest_body, refusal
 
 from service import ingest
 from service.ingest.base import npy_header
@@ -22,11 +23,7 @@ NPY = ingest.format_for("application/x-npy")
 def run(
     tmp: Path, body: bytes, limits: ingest.Limits = LIMITS
 ) -> tuple[ingest.Ingested, np.ndarray]:
-    src, out = tmp / "body.npy", tmp / "out.npy"
-    src.write_bytes(body)
-    out.unlink(missing_ok=True)
-    ds = ingest.ingest(src, NPY, limits, out)
-    return ds, np.load(ds.samples_file, allow_pickle=False)
+    return ingest_body(tmp, NPY, body, limits)
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -41,12 +38,7 @@ def raw_npy(header: str, data: bytes = b"", version: int = 1) -> bytes:
 
 
 def rejects(tmp: Path, body: bytes, status: int, *words: str) -> ingest.IngestError:
-    with pytest.raises(ingest.IngestError) as e:
-        run(tmp, body)
-    assert e.value.status == status, e.value.detail
-    for w in words:
-        assert w.lower() in e.value.detail.lower(), e.value.detail
-    return e.value
+    return refusal(tmp, NPY, body, LIMITS, status, *words)
 
 
 floats = st.sampled_from([np.float16, np.float32, np.float64, np.dtype(">f4"), np.dtype(">f8")])
