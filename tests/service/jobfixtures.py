@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -115,3 +117,22 @@ def steps_lasting(seconds: float, config: dict[str, Any], x: np.ndarray, y: np.n
     estimate_w1(x, y, config=probe, device="cpu", callback=seen.append)
     rate = seen[-1].step / max(seen[-1].elapsed_s, 1e-3)  # training steps per second
     return int(min(max(seconds * rate, 40), 1_000_000))
+
+
+def wait_for(
+    cond: Callable[[], Any],
+    timeout: float = 60.0,
+    what: str = "",
+    every: float = 0.1,
+    detail: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``cond`` every ``every`` seconds until it returns something truthy, and return that;
+    an AssertionError naming ``what`` (and ``detail()``, a server's log say) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    extra = f"\n{detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{extra}")

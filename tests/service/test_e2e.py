@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from jobfixtures import wait_for
 
 from service.client import Client, parse_sse
 
@@ -106,16 +107,6 @@ def servers(tmp_path: Path) -> Iterator[Callable[[], Server]]:
         s.kill()
 
 
-def wait_for(cond: Callable[[], object], timeout: float, what: str, server: Server) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{server.tail()}")
-
-
 def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 2)), rng.normal(size=(50, 2)) + [1.5, 0.0]
@@ -198,7 +189,8 @@ def test_serve_estimate_cancel_crash_restart(servers, tmp_path: Path) -> None:
         lambda: (c.get(medium_id).get("progress") or {}).get("step", 0) > 0,
         120,
         "the medium job to run",
-        server,
+        every=0.2,
+        detail=server.tail,
     )
     phase("medium job running; killing the server")
     server.kill()

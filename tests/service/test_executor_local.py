@@ -19,6 +19,7 @@ from jobfixtures import (
     open_store,
     shifted_pair,
     steps_lasting,
+    wait_for,
 )
 
 from service.blobs import BlobStore
@@ -69,16 +70,6 @@ def executors() -> Iterator[Callable[[Settings, Database], LocalExecutor]]:
     yield make
     for ex in made:
         ex.stop()
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def progressed(db: Database, est: str, step: int) -> Callable[[], bool]:
