@@ -61,7 +61,7 @@ def chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield block
 
 
-def start_server(cmd: list[str], env: dict[str, str], stderr: object, health: str):  # noqa: ANN201
+def start_server(cmd: list[str], env: dict[str, str], stderr: object, health: str):
     """Start ``cmd`` and wait until ``health`` answers 200 (or any answer when 404 is fine)."""
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=stderr)
     deadline = time.monotonic() + 60
@@ -84,7 +84,7 @@ def uvicorn_cmd(app: str, port: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-async def drain_app(scope, receive, send) -> None:  # noqa: ANN001 - a bare ASGI app
+async def drain_app(scope, receive, send) -> None:
     """Baseline: a Starlette route that only writes the body to a file (no checks, no hash)."""
     from starlette.requests import Request
     from starlette.responses import Response

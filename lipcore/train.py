@@ -193,7 +193,7 @@ def _loop(
     pending: list[torch.Tensor] = []  # batch objectives not yet read back (no sync per step)
     s = torch.cat([sx.weights(), -sy.weights()])  # the rows' signed weights, fixed
     step = 0
-    for step in range(1, total + 1):  # noqa: B007 - step is used after the loop
+    for step in range(1, total + 1):
         obj = train_step(net, opt, objective, torch.cat([sx.draw(), sy.draw()]), s)
         lr = lr_min + 0.5 * (config.lr - lr_min) * (1 + math.cos(math.pi * step / total))
         for group in opt.param_groups:

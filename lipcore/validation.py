@@ -15,7 +15,7 @@ def _to_numpy(x: object, name: str) -> np.ndarray:
         x = x.detach().cpu().numpy()
     try:
         arr = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
+    except Exception as exc:  # noqa: BLE001 - ragged lists and the like
         raise ValueError(f"{name}: cannot be read as a numeric array ({exc})") from None
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.floating)

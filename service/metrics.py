@@ -127,7 +127,7 @@ class StoreCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         try:
             yield from self._collect()
-        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
+        except Exception:
             log.warning("metrics: the store could not be read", exc_info=True)
             ok = 0.0
         else:

@@ -72,7 +72,7 @@ class Reaper:
         while not self._stop.wait(self.settings.reaper_interval_s):
             try:
                 self.reap_once()
-            except Exception:  # noqa: BLE001 - a store outage must not kill the thread
+            except Exception:
                 log.exception("reaper pass failed")
 
     # -- one pass ------------------------------------------------------------------------------
@@ -112,5 +112,5 @@ class Reaper:
     def _submit(self, job_id: str) -> None:
         try:
             self.submit(job_id)
-        except Exception:  # noqa: BLE001 - one failed hand-over must not stop the pass
+        except Exception:
             log.exception("re-submit failed", extra={"job_id": job_id})

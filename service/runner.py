@@ -110,7 +110,7 @@ class _Attempt:
         while not self._stop.wait(self.settings.heartbeat_s):
             try:
                 self._beat_once()
-            except Exception:  # noqa: BLE001 - a store hiccup: try again at the next beat
+            except Exception:
                 log.exception("heartbeat failed", extra=self.extra)
             if self.flags.lost or self.flags.ended:
                 return
@@ -454,7 +454,7 @@ def preload() -> None:
         x, y = g.normal(size=(16, 2)), g.normal(size=(16, 2)) + 1.0
         config = {"width": 8, "depth": 1, "steps": 2, "batch_size": 8, "min_steps": 0}
         lipcore.estimate_w1(x, y, config=config, holdout=0.0, device="cpu")
-    except Exception:  # noqa: BLE001 - the job itself will report a real problem
+    except Exception:
         log.exception("preloading the job code failed")
 
 
@@ -518,7 +518,7 @@ def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs
                 att.finish(JobStatus.failed, error=_timeout_error(settings).to_dict())
                 log.warning("job timed out", extra=extra)
             return
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a clear job error
+        except Exception as exc:
             err = _classify(exc)
             if err.type == "internal":
                 log.exception("job failed unexpectedly", extra=extra)
@@ -529,12 +529,12 @@ def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs
             return
         try:
             written = att.finish(JobStatus.succeeded, result=result)
-        except Exception as exc:  # noqa: BLE001 - e.g. the store refused the row: say so
+        except Exception as exc:
             log.exception("writing the result failed", extra=extra)
             err = JobError("internal", "The result could not be stored", f"{type(exc).__name__}")
             try:
                 att.finish(JobStatus.failed, error=err.to_dict())
-            except Exception:  # noqa: BLE001 - the store is down: the lease expires, it re-runs
+            except Exception:
                 log.exception("writing the failure failed too", extra=extra)
             return
         if written:

@@ -119,7 +119,7 @@ def build_png(
                 grid=settings.report_grid,
                 seed=int(row.seed),
             )
-        except Exception:  # noqa: BLE001 - a broken file still gets the numbers, not a 500
+        except Exception:
             log.warning("report: potential unreadable", extra={"job_id": row.id}, exc_info=True)
             inp.g_source = inp.g_target = inp.grid_g = None
             inp.notes.append("the stored potential could not be read: no histograms")

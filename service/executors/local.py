@@ -137,7 +137,7 @@ class LocalExecutor:
             self._reaper.reap_once()  # expired leases of a previous run: re-queue them now
             for job_id in jobs.queued_ids(self.db):
                 self.submit(job_id)
-        except Exception:  # noqa: BLE001 - the reaper repairs what this misses
+        except Exception:
             log.exception("resuming queued jobs failed")
         self._reaper.start()
         log.info("local executor started (concurrency %d)", self.concurrency)
@@ -228,7 +228,7 @@ class LocalExecutor:
         while not self._stop.is_set():
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - keep dispatching; check() reports a dead thread
+            except Exception:
                 log.exception("dispatcher tick failed")
             self._wake.wait(TICK_S)
             self._wake.clear()
@@ -329,7 +329,7 @@ class LocalExecutor:
             proc = self._process(slot, None, theirs)
             try:
                 proc.start()
-            except Exception:  # noqa: BLE001 - jobs still start cold
+            except Exception:
                 log.exception("could not start a warm job process")
                 ours.close()
                 return
@@ -439,5 +439,5 @@ class LocalExecutor:
                     .values(lease_expires_at=utcnow())
                     .execution_options(synchronize_session=False)
                 )
-        except Exception:  # noqa: BLE001 - the lease then expires on its own
+        except Exception:
             log.exception("could not expire the lease", extra={"job_id": ch.job_id})

@@ -34,7 +34,7 @@ MAGIC = b"\x93NUMPY"
 _FLOAT_DESCR = re.compile(r"^[<>=|]?f[248]$")
 
 
-def read_header(f, limits: Limits) -> tuple[np.dtype, tuple[int, ...], int]:  # noqa: ANN001
+def read_header(f, limits: Limits) -> tuple[np.dtype, tuple[int, ...], int]:
     """Parse the header at the start of binary file ``f``: (dtype, shape, data offset)."""
     prefix = f.read(8)
     if len(prefix) < 8 or prefix[:6] != MAGIC:
@@ -234,7 +234,7 @@ class NpyDigest:
             self.finite = self.finite and all_finite(values)
         self._carry += bytes(view[cut:])
 
-    def result_for(self, parsed: Parsed):  # noqa: ANN201 - a hashlib object
+    def result_for(self, parsed: Parsed):
         """The hasher (data fed) when this digest followed exactly ``parsed``'s data, else None."""
         if not self.active or self.hasher is None:
             return None

@@ -111,7 +111,7 @@ class UploadSink:
                         if unsynced >= self.sync_every:
                             os.fdatasync(f.fileno())
                             unsynced = 0
-                except BaseException as e:  # reported by finish() or the next write()
+                except BaseException as e:  # noqa: BLE001 - reported by finish() or next write()
                     self._error = e
                 finally:
                     # RuntimeError: the loop is gone (shutdown) and nobody waits.

@@ -77,7 +77,7 @@ def test_size_limit_raises_exact_too_large():
 def test_non_convergence_raises(monkeypatch):
     import ot
 
-    def fake_emd2(a, b, m, numItermax, log):  # noqa: N803 - POT's keyword
+    def fake_emd2(a, b, m, numItermax, log):
         assert numItermax >= 10**8 and log is True
         return 1.0, {"result_code": 2, "warning": "numItermax reached"}
 

@@ -73,7 +73,7 @@ def _npy(x: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def problem_json_on_errors(ctx, response, case) -> None:  # noqa: ANN001 - schemathesis check
+def problem_json_on_errors(ctx, response, case) -> None:
     """Every 4xx/5xx answer is an RFC 9457 document with its status in the body."""
     if response.status_code < 400:
         return None
@@ -109,7 +109,7 @@ def test_no_server_errors_and_problem_json(fuzz_app) -> None:
             suppress_health_check=list(HealthCheck),
             database=None,
         )
-        def run(case) -> None:  # noqa: ANN001 - a schemathesis Case
+        def run(case) -> None:
             t = time.perf_counter()
             response = case.call()
             case.validate_response(response, checks=[not_a_server_error])
@@ -133,7 +133,7 @@ def test_stateful_links_no_server_errors(fuzz_app) -> None:
     seen: dict[str, set[int]] = {}
 
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
-        def validate_response(self, response, case, **kw) -> None:  # noqa: ANN001
+        def validate_response(self, response, case, **kw) -> None:
             seen.setdefault(case.operation.label, set()).add(response.status_code)
             case.validate_response(response, checks=[not_a_server_error])
             problem_json_on_errors(None, response, case)

@@ -15,7 +15,7 @@ from service.settings import Settings
 from service.store import Database, JobStatus, jobs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jobfixtures import add_dataset, add_estimate, open_store  # noqa: E402
+from jobfixtures import add_dataset, add_estimate, open_store
 
 
 def test_health_check_reads_the_heartbeat_file(tmp_path: Path, capsys) -> None:
