@@ -1,26 +1,34 @@
 """lipcore: certified Wasserstein-1 estimates from 1-Lipschitz neural potentials.
 
-The public API is exactly what this module exports; everything else is internal.
+The public API is exactly what this module exports; everything else is internal. The stages of
+estimate_w1 (prepare, fit, certify, hold_out) are in lipcore.estimate for callers that need one.
 """
 
+from .accel import default_device
+from .certify import evaluate
 from .config import EstimatorConfig
-from .errors import Cancelled, ExactNotConverged, ExactTooLarge
+from .errors import Cancelled, ConfigError, ExactNotConverged, ExactTooLarge
 from .estimate import Estimate, estimate_w1
 from .exact import exact_w1
 from .holdout import Holdout
 from .potential import load_potential, read_potential_metadata
 from .train import Progress
+from .validation import normalised_weights
 
 __all__ = [
     "Cancelled",
+    "ConfigError",
     "Estimate",
     "EstimatorConfig",
     "ExactNotConverged",
     "ExactTooLarge",
     "Holdout",
     "Progress",
+    "default_device",
     "estimate_w1",
+    "evaluate",
     "exact_w1",
     "load_potential",
+    "normalised_weights",
     "read_potential_metadata",
 ]

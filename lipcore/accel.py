@@ -10,8 +10,9 @@
   "reduce-overhead" mode: the forward and backward replayed as graphs, one launch each). Ignored,
   with a warning, on other devices.
 
-Also the resident (on-device) float64 evaluation used to certify data that already lives on the
-card: chunked, so that no float64 copy of the whole set is ever made, and nothing goes to the host.
+Also where an estimate runs (``default_device``, ``resolve_device``), and the resident
+(on-device) float64 evaluation of data that already lives on the card: chunked, so that no float64
+copy of the whole set is ever made, and nothing goes to the host.
 """
 
 from __future__ import annotations
@@ -25,15 +26,43 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 log = logging.getLogger("lipcore.accel")
 
 PRECISIONS = ("float32", "tf32", "bf16")
 
 
+def default_device() -> torch.device:
+    """The device an estimate runs on when none is given: CUDA if this process sees a GPU, else
+    the CPU. The one place that decides it (library, service and benchmarks all ask here)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device (None: ``default_device()``); "cuda" gets its index. A
+    ValueError for a malformed name or CUDA asked where there is none."""
+    if device is None:
+        device = default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device: CUDA requested but not available")
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        dev = torch.device("cuda", index)
+    return dev
+
+
 def check_precision(precision: object) -> str:
-    """The precision name, or a ValueError naming the allowed ones."""
+    """The precision name, or a ConfigError naming the allowed ones."""
     if precision not in PRECISIONS:
-        raise ValueError(f"config.precision: must be one of {list(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(
+            "precision",
+            f"config.precision: must be one of {list(PRECISIONS)}, got {precision!r}",
+        )
     return str(precision)
 
 

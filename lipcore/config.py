@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .accel import check_precision
+from .errors import ConfigError
 from .layers import ACTIVATIONS
 
 
 @dataclass(frozen=True)
 class EstimatorConfig:
     """Network and training knobs of estimate_w1. Defaults chosen by measurement (bench/).
+    An invalid value raises ConfigError (a ValueError) naming the knob in ``.field``.
 
     width, depth: hidden width (even for "maxmin") and number of hidden layers.
     activation: "maxmin" (GroupSort-2) or "fullsort".
@@ -55,7 +57,7 @@ class EstimatorConfig:
     progress_every: int = 10
     eval_chunk: int = 65536
     grad_samples: int = 1024
-    # GPU levers (issue 5), training only
+    # GPU levers, training only
     precision: str = "float32"
     compile: bool = False
     cuda_graphs: bool = False
@@ -77,33 +79,38 @@ class EstimatorConfig:
         for name, low in ints_min.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"config.{name}: expected an integer, got {v!r}")
+                raise ConfigError(name, f"config.{name}: expected an integer, got {v!r}")
             if v < low:
-                raise ValueError(f"config.{name}: must be >= {low}, got {v}")
+                raise ConfigError(name, f"config.{name}: must be >= {low}, got {v}")
         for name in ("lr", "lr_final", "tolerance", "smoothing"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ValueError(f"config.{name}: expected a finite number, got {v!r}")
+                raise ConfigError(name, f"config.{name}: expected a finite number, got {v!r}")
         check_precision(self.precision)
         for name in ("compile", "cuda_graphs"):
             v = getattr(self, name)
             if not isinstance(v, bool):
-                raise ValueError(f"config.{name}: expected true or false, got {v!r}")
+                raise ConfigError(name, f"config.{name}: expected true or false, got {v!r}")
         if self.lr <= 0:
-            raise ValueError(f"config.lr: must be > 0, got {self.lr}")
+            raise ConfigError("lr", f"config.lr: must be > 0, got {self.lr}")
         if not 0 < self.lr_final <= 1:
-            raise ValueError(f"config.lr_final: must be in (0, 1], got {self.lr_final}")
+            raise ConfigError(
+                "lr_final", f"config.lr_final: must be in (0, 1], got {self.lr_final}"
+            )
         if self.tolerance < 0:
-            raise ValueError(f"config.tolerance: must be >= 0, got {self.tolerance}")
+            raise ConfigError("tolerance", f"config.tolerance: must be >= 0, got {self.tolerance}")
         if not 0 < self.smoothing <= 1:
-            raise ValueError(f"config.smoothing: must be in (0, 1], got {self.smoothing}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"config.activation: must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            raise ConfigError(
+                "smoothing", f"config.smoothing: must be in (0, 1], got {self.smoothing}"
+            )
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                "activation",
+                f"config.activation: must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}",
             )
         if self.activation == "maxmin" and self.width % 2:
-            raise ValueError(
-                f"config.width: must be even for activation 'maxmin', got {self.width}"
+            raise ConfigError(
+                "width", f"config.width: must be even for activation 'maxmin', got {self.width}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,15 +118,15 @@ class EstimatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> EstimatorConfig:
-        """Builds a config from a (possibly partial) dict; unknown keys are a ValueError."""
+        """Builds a config from a (possibly partial) dict; unknown keys are a ConfigError."""
         if d is None:
             return cls()
         if not isinstance(d, dict):
-            raise ValueError(f"config: expected a dict, got {type(d).__name__}")
+            raise ConfigError("config", f"config: expected a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"config: unknown keys {unknown}")
+            raise ConfigError("config", f"config: unknown keys {unknown}")
         values = dict(d)
         for name in ("lr", "lr_final", "tolerance", "smoothing"):
             if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):

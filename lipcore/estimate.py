@@ -1,4 +1,15 @@
-"""estimate_w1: split, scale, train, export, certify. The Estimate it returns."""
+"""estimate_w1 and its stages: prepare -> fit -> certify -> hold_out. The Estimate it returns.
+
+Each stage can be called on its own (a benchmark times them; data already on a device can build
+its own ``TrainingData`` and go through the same fit and certificate):
+
+- ``prepare``: validate the inputs, split off the held-out samples, centre and scale, and put the
+  training sets on the device (``Prepared``, with its ``TrainingData``);
+- ``fit``: build the network and train it (``Fitted``);
+- ``certify``: export the potential, its certified Lipschitz constant L, the lower bound over all
+  samples, the potential's weighted centre and the gradient-norm quantiles (``Certificate``);
+- ``hold_out``: the held-out difference and its confidence interval (``Holdout`` or None).
+"""
 
 from __future__ import annotations
 
@@ -11,23 +22,41 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
-from .certify import evaluate, grad_norm_quantiles, lipschitz_constant, weighted_difference
+from .accel import resolve_device
+from .certify import (
+    Rows,
+    evaluate,
+    grad_norm_quantiles,
+    lipschitz_constant,
+    weighted_center,
+    weighted_difference,
+)
 from .config import EstimatorConfig
-from .holdout import Holdout, holdout_estimate, split
+from .errors import ConfigError
+from .holdout import Holdout, Split, holdout_estimate, split
 from .network import LipschitzMLP
 from .potential import save_potential
-from .train import Progress, train
+from .train import Progress, TrainResult, train
 from .validation import validate_inputs
+
+F64 = NDArray[np.float64]
 
 
 @dataclass
 class Estimate:
-    """The result of estimate_w1. See DESIGN.md section 2 for what each number guarantees."""
+    """The result of estimate_w1: the certified lower bound of the empirical W1 and L, the
+    held-out estimate, the training record, gradient-norm quantiles and the potential itself.
+
+    ``center`` is the weighted centre (sum a f(x) + sum b f(y)) / 2 of the raw exported potential
+    f over all samples: (f - center) / lipschitz_constant is the centred 1-Lipschitz potential.
+    """
 
     lower_bound: float
     lipschitz_constant: float
+    center: float
     holdout: Holdout | None
     objective: float
     steps: int
@@ -35,14 +64,16 @@ class Estimate:
     device: str
     grad_norm: dict[str, float]
     config: EstimatorConfig
-    potential: nn.Module = field(repr=False)
+    potential: nn.Sequential = field(repr=False)
     history: list[tuple[int, float]] = field(default_factory=list, repr=False)
     d: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The numbers as JSON-ready values (no potential, no history)."""
         return {
             "lower_bound": self.lower_bound,
             "lipschitz_constant": self.lipschitz_constant,
+            "center": self.center,
             "holdout": None if self.holdout is None else self.holdout.to_dict(),
             "objective": self.objective,
             "steps": self.steps,
@@ -52,7 +83,7 @@ class Estimate:
             "config": self.config.to_dict(),
         }
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """The potential as safetensors; architecture and certificate in the metadata."""
         save_potential(
             path,
@@ -61,28 +92,51 @@ class Estimate:
                 "d": self.d,
                 "lipschitz_constant": self.lipschitz_constant,
                 "lower_bound": self.lower_bound,
+                "center": self.center,
                 "config": self.config.to_dict(),
                 "holdout": None if self.holdout is None else self.holdout.to_dict(),
             },
         )
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: {exc}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device: CUDA requested but not available")
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        dev = torch.device("cuda", index)
-    return dev
+# --------------------------------------------------------------------------- stage 1: prepare
 
 
-def _rows(s: np.ndarray, idx: np.ndarray | None, i: int, j: int) -> np.ndarray:
+@dataclass(frozen=True)
+class TrainingData:
+    """The training sets as the network sees them: z = (x - shift) * scale in float32 on the
+    device, with their weights (float32, summing to 1). ``shift`` (float64, (d,)) and ``scale``
+    map the trained network back to data units when it is exported."""
+
+    zx: torch.Tensor
+    wx: torch.Tensor
+    zy: torch.Tensor
+    wy: torch.Tensor
+    shift: F64
+    scale: float
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Stage 1's output: the validated inputs (x, y as given when float32/float64, a and b
+    normalised float64), the resolved config and device, the held-out splits (None: no holdout)
+    and the training data. ``rng`` continues the seeded stream after the split (the
+    gradient-norm subsample of ``certify`` draws from it)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    a: F64
+    b: F64
+    config: EstimatorConfig
+    seed: int
+    device: torch.device
+    split_x: Split | None
+    split_y: Split | None
+    data: TrainingData
+    rng: np.random.Generator
+
+
+def _rows(s: np.ndarray, idx: np.ndarray | None, i: int, j: int) -> F64:
     """Rows i:j of s, or of s[idx] without materialising s[idx] (a large set is not copied)."""
     return np.asarray(s[i:j] if idx is None else s[idx[i:j]], dtype=np.float64)
 
@@ -95,13 +149,13 @@ def _scaling(
     chunk: int,
     ix: np.ndarray | None = None,
     iy: np.ndarray | None = None,
-) -> tuple[np.ndarray, float]:
+) -> tuple[F64, float]:
     """Centre (weighted mean of the two sets, each weighing 1/2) and one global scale that gives
     the centred data unit variance per coordinate (1 when all points coincide). ``ix``, ``iy``:
     the rows to use (None: all); ``a``, ``b`` are the weights of those rows."""
     d = x.shape[1]
 
-    def moments(s: np.ndarray, w: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
+    def moments(s: np.ndarray, w: np.ndarray, idx: np.ndarray | None) -> F64:
         acc = np.zeros(d)
         for i in range(0, len(w), chunk):
             acc += w[i : i + chunk] @ _rows(s, idx, i, i + chunk)
@@ -121,12 +175,207 @@ def _scaling(
     return mu, scale
 
 
+def _scaled(
+    s: np.ndarray,
+    idx: np.ndarray | None,
+    shift: F64,
+    scale: float,
+    chunk: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Scaled float32 training inputs on the device; centred in float64 first (data far from
+    the origin would lose its digits in a float32 cast), chunk by chunk (bounded temporaries)."""
+    k = s.shape[0] if idx is None else len(idx)
+    z = np.empty((k, s.shape[1]), dtype=np.float32)
+    for i in range(0, k, chunk):
+        z[i : i + chunk] = (_rows(s, idx, i, i + chunk) - shift) * scale
+    return torch.from_numpy(z).to(device)
+
+
+def _config(config: EstimatorConfig | dict[str, Any] | None) -> EstimatorConfig:
+    if config is None:
+        return EstimatorConfig()
+    if isinstance(config, dict):
+        return EstimatorConfig.from_dict(config)
+    if not isinstance(config, EstimatorConfig):
+        raise ConfigError(
+            "config", f"config: expected an EstimatorConfig or a dict, got {type(config)}"
+        )
+    return config
+
+
+def prepare(
+    x: object,
+    y: object,
+    a: object = None,
+    b: object = None,
+    *,
+    config: EstimatorConfig | dict[str, Any] | None = None,
+    holdout: float = 0.2,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> Prepared:
+    """Stage 1: validates every argument (a ValueError naming the culprit), splits off the
+    held-out fraction of each set (seeded), computes the centring and scaling on the training
+    part, and moves the scaled training sets to the device."""
+    xs, ys, aw, bw = validate_inputs(x, y, a, b)
+    cfg = _config(config)
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float | np.floating):
+        raise ValueError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
+    if not (0 <= holdout < 1):
+        raise ValueError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
+    frac = float(holdout)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    dev = resolve_device(device)
+
+    rng = np.random.default_rng(int(seed))
+    sx = split(xs.shape[0], aw, frac, rng) if frac > 0 else None
+    sy = split(ys.shape[0], bw, frac, rng) if frac > 0 and sx is not None else None
+    if sx is None or sy is None:
+        sx = sy = None
+        ix, a_tr, iy, b_tr = None, aw, None, bw
+    else:
+        ix, a_tr, iy, b_tr = sx.train, sx.w_train, sy.train, sy.w_train
+
+    chunk = cfg.eval_chunk
+    shift, scale = _scaling(xs, a_tr, ys, b_tr, chunk, ix, iy)
+    data = TrainingData(
+        zx=_scaled(xs, ix, shift, scale, chunk, dev),
+        wx=torch.from_numpy(a_tr).to(dev, torch.float32),
+        zy=_scaled(ys, iy, shift, scale, chunk, dev),
+        wy=torch.from_numpy(b_tr).to(dev, torch.float32),
+        shift=shift,
+        scale=scale,
+    )
+    return Prepared(xs, ys, aw, bw, cfg, int(seed), dev, sx, sy, data, rng)
+
+
+# --------------------------------------------------------------------------- stage 2: fit
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Stage 2's output: the trained network (on the training device, in the scaled space),
+    its training record, and the affine map of its inputs (see ``TrainingData``)."""
+
+    net: LipschitzMLP
+    result: TrainResult
+    shift: F64
+    scale: float
+
+    def export(self) -> nn.Sequential:
+        """The potential as a plain float64 nn.Sequential on the CPU, taking data units."""
+        return self.net.export(torch.from_numpy(self.shift), self.scale, torch.float64)
+
+
+def fit(
+    data: TrainingData,
+    config: EstimatorConfig,
+    *,
+    seed: int = 0,
+    callback: Callable[[Progress], None] | None = None,
+) -> Fitted:
+    """Stage 2: a seeded network (initial weights from a CPU generator, so every device starts
+    alike) trained on ``data`` on its device. ``callback(Progress)`` is called every
+    ``config.progress_every`` steps and may raise lipcore.Cancelled to abort."""
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback: expected a callable or None, got {type(callback).__name__}")
+    dev = data.zx.device
+    net = LipschitzMLP(int(data.zx.shape[1]), config, torch.Generator().manual_seed(seed)).to(dev)
+    result = train(
+        net,
+        data.zx,
+        data.wx,
+        data.zy,
+        data.wy,
+        config,
+        torch.Generator(device=dev).manual_seed(seed + 1),
+        unit=1.0 / data.scale,
+        callback=callback,
+    )
+    return Fitted(net, result, data.shift, data.scale)
+
+
+# --------------------------------------------------------------------------- stage 3: certify
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Stage 3's output. ``potential``: the exported network (float64, CPU); ``fx``, ``fy``: the
+    raw potential on every sample (float64); ``lower_bound`` = (sum a fx - sum b fy) / L;
+    ``center`` = (sum a fx + sum b fy) / 2; ``grad_norm``: quantiles of ||grad f|| / L."""
+
+    potential: nn.Sequential
+    lipschitz_constant: float
+    lower_bound: float
+    center: float
+    grad_norm: dict[str, float]
+    fx: F64
+    fy: F64
+
+    @property
+    def divisor(self) -> float:
+        """L, or 1 when L = 0: only if every weight vanished, then f is constant, every
+        difference is exactly 0, and dividing by 1 instead keeps the bound (0) valid."""
+        return self.lipschitz_constant if self.lipschitz_constant > 0 else 1.0
+
+
+def certify(
+    fitted: Fitted,
+    x: Rows,
+    y: Rows,
+    a: F64,
+    b: F64,
+    *,
+    config: EstimatorConfig,
+    device: torch.device,
+    rng: np.random.Generator,
+) -> Certificate:
+    """Stage 3: exports the potential, computes L from the exact spectral norms of the exported
+    weights, evaluates f on every sample of x and y (numpy arrays, or tensors already on a
+    device) in float64 on ``device``, and from those values the certified lower bound and the
+    centre; the gradient-norm quantiles on ``config.grad_samples`` rows per set drawn by ``rng``.
+    ``a``, ``b``: normalised weights of all samples."""
+    potential = fitted.export()
+    lip = lipschitz_constant(potential)
+    div = lip if lip > 0 else 1.0
+    model = potential.to(device)
+    fx = evaluate(model, x, chunk=config.eval_chunk, device=device)
+    fy = evaluate(model, y, chunk=config.eval_chunk, device=device)
+    lower = weighted_difference(fx, a, fy, b) / div
+    grads = grad_norm_quantiles(model, x, y, div, config.grad_samples, rng, device)
+    return Certificate(
+        potential=model.to("cpu"),
+        lipschitz_constant=float(lip),
+        lower_bound=float(lower),
+        center=weighted_center(fx, a, fy, b),
+        grad_norm=grads,
+        fx=fx,
+        fy=fy,
+    )
+
+
+# --------------------------------------------------------------------------- stage 4: hold out
+
+
+def hold_out(cert: Certificate, split_x: Split | None, split_y: Split | None) -> Holdout | None:
+    """Stage 4: sum w f(x) - sum w f(y) of f / L on the held-out samples (weights renormalised
+    within them) with its 95 % confidence interval; None without a split."""
+    if split_x is None or split_y is None:
+        return None
+    div = cert.divisor
+    return holdout_estimate(
+        cert.fx[split_x.held] / div, split_x.w_held, cert.fy[split_y.held] / div, split_y.w_held
+    )
+
+
 def estimate_w1(
     x: object,
     y: object,
     a: object = None,
     b: object = None,
-    config: EstimatorConfig | dict | None = None,
+    config: EstimatorConfig | dict[str, Any] | None = None,
     holdout: float = 0.2,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -140,88 +389,23 @@ def estimate_w1(
     ``callback(Progress)`` is called every few steps and may raise lipcore.Cancelled to abort.
     """
     t0 = time.perf_counter()
-    xs, ys, aw, bw = validate_inputs(x, y, a, b)
-    if config is None:
-        config = EstimatorConfig()
-    elif isinstance(config, dict):
-        config = EstimatorConfig.from_dict(config)
-    elif not isinstance(config, EstimatorConfig):
-        raise ValueError(f"config: expected an EstimatorConfig or a dict, got {type(config)}")
-    if isinstance(holdout, bool) or not isinstance(holdout, int | float | np.floating):
-        raise ValueError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
-    if not (0 <= holdout < 1):
-        raise ValueError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
-    holdout = float(holdout)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    if callback is not None and not callable(callback):
-        raise ValueError(f"callback: expected a callable or None, got {type(callback).__name__}")
-    dev = resolve_device(device)
-    n, d = xs.shape
-    m = ys.shape[0]
-
-    rng = np.random.default_rng(int(seed))
-    sx = split(n, aw, holdout, rng) if holdout > 0 else None
-    sy = split(m, bw, holdout, rng) if holdout > 0 and sx is not None else None
-    if sx is None or sy is None:
-        sx = sy = None
-        ix, a_tr, iy, b_tr = None, aw, None, bw
-    else:
-        ix, a_tr, iy, b_tr = sx.train, sx.w_train, sy.train, sy.w_train
-
-    chunk = config.eval_chunk
-    mu, scale = _scaling(xs, a_tr, ys, b_tr, chunk, ix, iy)
-    mu_t = torch.from_numpy(mu)
-
-    def to_z(s: np.ndarray, idx: np.ndarray | None) -> torch.Tensor:
-        """Scaled float32 training inputs; centred in float64 first (data far from the origin
-        would lose its digits in a float32 cast), chunk by chunk (bounded temporaries)."""
-        k = s.shape[0] if idx is None else len(idx)
-        z = np.empty((k, s.shape[1]), dtype=np.float32)
-        for i in range(0, k, chunk):
-            z[i : i + chunk] = (_rows(s, idx, i, i + chunk) - mu) * scale
-        return torch.from_numpy(z).to(dev)
-
-    gen_cpu = torch.Generator().manual_seed(int(seed))
-    net = LipschitzMLP(d, config, gen_cpu).to(dev)
-    gen_dev = torch.Generator(device=dev).manual_seed(int(seed) + 1)
-    result = train(
-        net,
-        to_z(xs, ix),
-        torch.from_numpy(a_tr).to(dev, torch.float32),
-        to_z(ys, iy),
-        torch.from_numpy(b_tr).to(dev, torch.float32),
-        config,
-        gen_dev,
-        unit=1.0 / scale,
-        callback=callback,
+    prep = prepare(x, y, a, b, config=config, holdout=holdout, seed=seed, device=device)
+    fitted = fit(prep.data, prep.config, seed=prep.seed, callback=callback)
+    cert = certify(
+        fitted, prep.x, prep.y, prep.a, prep.b, config=prep.config, device=prep.device, rng=prep.rng
     )
-
-    potential = net.export(mu_t, scale, torch.float64)
-    lip = lipschitz_constant(potential)
-    # L = 0 only if every weight vanished: then f is constant, every difference is exactly 0,
-    # and dividing by 1 instead keeps the bound (0) valid.
-    div = lip if lip > 0 else 1.0
-    model_dev = potential.to(dev)
-    fx = evaluate(model_dev, xs, config.eval_chunk, dev)
-    fy = evaluate(model_dev, ys, config.eval_chunk, dev)
-    lower = weighted_difference(fx, aw, fy, bw) / div
-    held = None
-    if sx is not None and sy is not None:
-        held = holdout_estimate(fx[sx.held] / div, sx.w_held, fy[sy.held] / div, sy.w_held)
-    grads = grad_norm_quantiles(model_dev, xs, ys, div, config.grad_samples, rng, dev)
-    potential = model_dev.to("cpu")
     return Estimate(
-        lower_bound=float(lower),
-        lipschitz_constant=float(lip),
-        holdout=held,
-        objective=float(result.objective),
-        steps=result.steps,
+        lower_bound=cert.lower_bound,
+        lipschitz_constant=cert.lipschitz_constant,
+        center=cert.center,
+        holdout=hold_out(cert, prep.split_x, prep.split_y),
+        objective=float(fitted.result.objective),
+        steps=fitted.result.steps,
         seconds=time.perf_counter() - t0,
-        device=str(dev),
-        grad_norm=grads,
-        config=config,
-        potential=potential,
-        history=result.history,
-        d=d,
+        device=str(prep.device),
+        grad_norm=cert.grad_norm,
+        config=prep.config,
+        potential=cert.potential,
+        history=fitted.result.history,
+        d=int(prep.x.shape[1]),
     )

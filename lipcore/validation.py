@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 # Sums of weights may be off 1 by this much (float32 weights written by a user): beyond, an error.
 WEIGHT_SUM_TOL = 1e-6
@@ -54,6 +55,20 @@ def as_samples(x: object, name: str) -> np.ndarray:
     return arr
 
 
+def normalised_weights(w: object, n: int) -> NDArray[np.float64]:
+    """Weights of n samples as float64 summing to 1: uniform for None, else w / sum(w).
+
+    The one normalisation of weights. It does not validate (``as_weights`` does, then calls it):
+    use it on weights already checked, such as those of a stored dataset.
+    """
+    if w is None:
+        return np.full(n, 1.0 / n)
+    arr = np.asarray(w, dtype=np.float64).reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"weights: {arr.shape[0]} weights for {n} samples")
+    return arr / arr.sum()
+
+
 def as_weights(w: object, n: int, name: str) -> np.ndarray:
     """Returns float64 weights of length n, >= 0, renormalised to sum exactly to 1.
 
@@ -61,7 +76,7 @@ def as_weights(w: object, n: int, name: str) -> np.ndarray:
     it usually means the weights belong to other samples or were not normalised at all.
     """
     if w is None:
-        return np.full(n, 1.0 / n)
+        return normalised_weights(None, n)
     arr = _to_numpy(w, name)
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
@@ -77,7 +92,7 @@ def as_weights(w: object, n: int, name: str) -> np.ndarray:
     total = float(arr.sum())
     if abs(total - 1.0) > WEIGHT_SUM_TOL:
         raise ValueError(f"{name}: weights must sum to 1, they sum to {total!r}")
-    return arr / total
+    return normalised_weights(arr, n)
 
 
 def check_pair(x: np.ndarray, y: np.ndarray) -> None:

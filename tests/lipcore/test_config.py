@@ -1,8 +1,9 @@
 import json
+import pickle
 
 import pytest
 
-from lipcore import EstimatorConfig
+from lipcore import ConfigError, EstimatorConfig
 
 
 def test_round_trip_through_json():
@@ -53,3 +54,32 @@ def test_invalid_values_are_named(field, value):
 def test_frozen():
     with pytest.raises(AttributeError):
         EstimatorConfig().width = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("given", "field", "message"),
+    [
+        ({"steps": 0}, "steps", "config.steps: must be >= 1, got 0"),
+        ({"width": 7}, "width", "config.width: must be even for activation 'maxmin', got 7"),
+        ({"lr": "fast"}, "lr", "config.lr: expected a finite number, got 'fast'"),
+        ({"precision": "fp8"}, "precision", "config.precision: must be one of"),
+        ({"activation": ["maxmin"]}, "activation", "config.activation: must be one of"),
+        ({"compile": 1}, "compile", "config.compile: expected true or false, got 1"),
+        ({"widht": 3}, "config", "config: unknown keys ['widht']"),
+    ],
+)
+def test_config_error_names_its_field(given, field, message):
+    with pytest.raises(ConfigError) as info:
+        EstimatorConfig.from_dict(given)
+    assert info.value.field == field
+    assert str(info.value).startswith(message)  # the message is what it always was
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_config_error_for_the_whole_config_and_across_processes():
+    with pytest.raises(ConfigError) as info:
+        EstimatorConfig.from_dict([1, 2])  # type: ignore[arg-type]
+    assert info.value.field == "config" and str(info.value) == "config: expected a dict, got list"
+    copy = pickle.loads(pickle.dumps(ConfigError("steps", "config.steps: must be >= 1, got 0")))
+    assert isinstance(copy, ConfigError) and copy.field == "steps"
+    assert str(copy) == "config.steps: must be >= 1, got 0"

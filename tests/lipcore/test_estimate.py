@@ -37,8 +37,8 @@ def test_result_fields_and_json(tiny):
     assert d["holdout"]["ci95"] == [lo, hi]
     assert d["config"] == tiny.to_dict()
     assert set(d) == {
-        "lower_bound", "lipschitz_constant", "holdout", "objective", "steps", "seconds",
-        "device", "grad_norm", "config",
+        "lower_bound", "lipschitz_constant", "center", "holdout", "objective", "steps",
+        "seconds", "device", "grad_norm", "config",
     }  # fmt: skip
 
 
@@ -56,6 +56,9 @@ def test_potential_is_plain_certified_and_high_on_source(tiny):
     assert (fx.mean() - fy.mean()) / est.lipschitz_constant == pytest.approx(
         est.lower_bound, rel=1e-9
     )
+    # the weighted centre of the raw potential over all samples, from the same evaluation
+    assert est.center == pytest.approx((fx.mean() + fy.mean()) / 2, rel=1e-12, abs=1e-12)
+    assert est.to_dict()["center"] == est.center
 
 
 def test_same_seed_same_result_other_seed_other_result(tiny):
@@ -124,3 +127,24 @@ def test_float32_and_dict_config_and_explicit_device(tiny):
     assert r64.device == r32.device == "cpu"
     assert r32.config == tiny
     assert r32.lower_bound == pytest.approx(r64.lower_bound, rel=1e-3)
+
+
+def test_the_stages_compose_to_estimate_w1(tiny):
+    from lipcore.estimate import certify, fit, hold_out, prepare
+
+    x, y = _data()
+    est = estimate_w1(x, y, config=tiny, seed=4)
+    prep = prepare(x, y, config=tiny, seed=4)
+    assert prep.split_x is not None and prep.split_y is not None
+    assert prep.data.zx.shape == (240, 2) and prep.data.zx.dtype == torch.float32
+    fitted = fit(prep.data, prep.config, seed=prep.seed)
+    assert fitted.result.steps == est.steps and fitted.result.objective == est.objective
+    cert = certify(
+        fitted, prep.x, prep.y, prep.a, prep.b, config=prep.config, device=prep.device,
+        rng=prep.rng,
+    )  # fmt: skip
+    assert cert.lower_bound == est.lower_bound and cert.center == est.center
+    assert cert.grad_norm == est.grad_norm
+    assert cert.fx.shape == (300,) and cert.fy.shape == (200,)
+    assert hold_out(cert, prep.split_x, prep.split_y) == est.holdout
+    assert hold_out(cert, None, None) is None

@@ -150,7 +150,7 @@ def test_chunked_certification_does_not_depend_on_the_chunk() -> None:
     f7, fbig = evaluate_resident(est_model, xt, 7), evaluate_resident(est_model, xt, 10**6)
     assert f7.dtype == torch.float64 and f7.shape == (100,)
     assert torch.allclose(f7, fbig, rtol=0, atol=1e-12)
-    g7, gbig = evaluate(est_model, x, 7), evaluate(est_model, x, 10**6)
+    g7, gbig = evaluate(est_model, x, chunk=7), evaluate(est_model, x, chunk=10**6)
     assert np.allclose(g7, gbig, rtol=0, atol=1e-12)
     assert np.allclose(g7, f7.numpy(), rtol=0, atol=1e-12)
     fy = evaluate_resident(est_model, yt, 7)

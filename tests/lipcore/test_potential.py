@@ -20,6 +20,7 @@ def test_save_load_round_trip(tmp_path, tiny):
     assert meta["d"] == 3
     assert meta["lipschitz_constant"] == est.lipschitz_constant
     assert meta["lower_bound"] == est.lower_bound
+    assert meta["center"] == est.center
     assert meta["config"] == tiny.to_dict()
     assert meta["holdout"]["value"] == est.holdout.value
     assert [s["type"] for s in meta["architecture"]] == [

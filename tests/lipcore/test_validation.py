@@ -82,3 +82,25 @@ def test_cuda_request_without_cuda_is_a_value_error():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="CUDA"):
         estimate_w1(X, Y, config=EstimatorConfig(steps=1), device="cuda")
+
+
+def test_normalised_weights_is_the_one_normalisation():
+    from lipcore import normalised_weights
+    from lipcore.validation import as_weights
+
+    assert np.array_equal(normalised_weights(None, 4), np.full(4, 0.25))
+    w = normalised_weights(np.array([[1.0], [3.0]], dtype=np.float32), 2)
+    assert w.dtype == np.float64 and np.array_equal(w, [0.25, 0.75])
+    a = np.full(10, 0.1) * (1 + 5e-7)
+    assert np.array_equal(as_weights(a, 10, "a"), normalised_weights(a, 10))
+    with pytest.raises(ValueError, match="3 weights for 2 samples"):
+        normalised_weights([1, 2, 3], 2)
+
+
+def test_default_device_is_what_none_resolves_to():
+    from lipcore import default_device
+    from lipcore.accel import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert default_device() == torch.device(expected)
+    assert resolve_device(None).type == expected
