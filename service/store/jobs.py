@@ -63,6 +63,52 @@ def claim(db: Database, job_id: str, owner: str, lease_s: float, max_attempts: i
     return Claim(job_id, attempt, owner)
 
 
+def claimable(db: Database, job_id: str) -> bool:
+    """Whether a claim of ``job_id`` could succeed now: it is queued, or running with no live
+    lease (its worker died). An executor asks before it starts a process for the job."""
+    with db.session() as s:
+        r = s.execute(
+            select(EstimateRow.status, EstimateRow.lease_expires_at).where(EstimateRow.id == job_id)
+        ).first()
+    if r is None:
+        return False
+    status, lease = r
+    if status == QUEUED:
+        return True
+    return status == RUNNING and (lease is None or lease < utcnow())
+
+
+def held_by(db: Database, job_id: str, owner: str) -> Claim | None:
+    """The running attempt of ``job_id`` while ``owner`` holds its lease; None once the job ended
+    or another worker took it (the watchdogs ask this of a computation they cannot stop)."""
+    with db.session() as s:
+        r = s.execute(
+            select(EstimateRow.attempt).where(
+                EstimateRow.id == job_id,
+                EstimateRow.status == RUNNING,
+                EstimateRow.lease_owner == owner,
+            )
+        ).first()
+    return None if r is None else Claim(job_id, r.attempt, owner)
+
+
+def expire_lease(db: Database, job_id: str, owner: str) -> bool:
+    """End ``owner``'s lease on running ``job_id`` now, so the reaper re-queues the job at its
+    next pass (a process stopped with its server). False if ``owner`` no longer held it."""
+    with db.session() as s:
+        res = s.execute(
+            update(EstimateRow)
+            .where(
+                EstimateRow.id == job_id,
+                EstimateRow.status == RUNNING,
+                EstimateRow.lease_owner == owner,
+            )
+            .values(lease_expires_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return res.rowcount == 1
+
+
 def _set_if_current(s: Session, c: Claim, values: dict[str, Any]) -> bool:
     """The compare-and-set every worker write goes through: update the row only while attempt
     ``c`` is the current, running one. False when someone else has it now."""

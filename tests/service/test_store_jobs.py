@@ -252,3 +252,42 @@ def test_reaper_thread_runs_and_survives_a_failing_submit(db: Database, tmp_path
         reaper.stop()
     assert not reaper.alive
     assert row(db, job).status == "queued"
+
+
+def test_claimable_while_queued_or_running_without_a_live_lease(db: Database) -> None:
+    job = new_job(db)
+    assert jobs.claimable(db, job)  # queued
+    c = jobs.claim(db, job, "w1", lease_s=30, max_attempts=3)
+    assert c is not None
+    assert not jobs.claimable(db, job)  # running under a live lease
+    expire(db, job)
+    assert jobs.claimable(db, job)  # its worker died
+    second = jobs.claim(db, job, "w2", lease_s=30, max_attempts=3)
+    assert second is not None and not jobs.claimable(db, job)
+    assert jobs.finish(db, second, JobStatus.succeeded)
+    assert not jobs.claimable(db, job)  # finished
+    assert not jobs.claimable(db, "est_missing")
+
+
+def test_held_by_names_the_running_attempt_of_its_owner_only(db: Database) -> None:
+    job = new_job(db)
+    assert jobs.held_by(db, job, "w:1") is None  # queued: nobody holds it
+    claim = jobs.claim(db, job, "w:1", lease_s=30, max_attempts=3)
+    assert claim is not None
+    assert jobs.held_by(db, job, "w:1") == claim
+    assert jobs.held_by(db, job, "w:2") is None
+    assert jobs.finish(db, claim, JobStatus.cancelled)
+    assert jobs.held_by(db, job, "w:1") is None  # ended
+    assert jobs.held_by(db, "est_missing", "w:1") is None
+
+
+def test_expire_lease_makes_the_job_reapable_now(db: Database) -> None:
+    job = new_job(db)
+    assert not jobs.expire_lease(db, job, "w:1")  # queued: no lease
+    assert jobs.claim(db, job, "w:1", lease_s=3600, max_attempts=3) is not None
+    assert not jobs.expire_lease(db, job, "w:2")  # not its lease
+    assert jobs.reap(db, max_attempts=3).requeued == []
+    assert jobs.expire_lease(db, job, "w:1")
+    later = utcnow() + timedelta(seconds=1)
+    assert jobs.reap(db, max_attempts=3, now=later).requeued == [job]
+    assert row(db, job).status == "queued"
