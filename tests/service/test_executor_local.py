@@ -23,9 +23,10 @@ from jobfixtures import (
 )
 
 from service.blobs import BlobStore
-from service.executors import local
+from service.executors import spares
 from service.executors.base import Executor
-from service.executors.local import LocalExecutor, _Child
+from service.executors.children import Child
+from service.executors.local import LocalExecutor
 from service.settings import Settings
 from service.store import Database, EstimateRow, jobs
 
@@ -118,7 +119,7 @@ def test_runs_jobs_in_spawned_children_and_cancels(env, executors) -> None:
 
 def test_warm_processes_take_jobs_and_are_replaced(env, executors, monkeypatch) -> None:
     settings, db, _, sx, sy = env
-    monkeypatch.setattr(local, "SPARE_RETRY_S", 1.0)
+    monkeypatch.setattr(spares, "SPARE_RETRY_S", 1.0)
     ex = executors(settings.model_copy(update={"concurrency": 1}), db)
     ex.start()
     first = wait_for(lambda: ex.spares().get(0), what="a warm process")
@@ -189,12 +190,12 @@ def test_kills_a_child_that_ignores_cancel_or_runs_too_long(env, executors) -> N
     ex = executors(s, db)  # not started: the test drives the dispatcher's ticks itself
     ctx = multiprocessing.get_context("spawn")
 
-    def stuck_child(est: str, owner: str, started: float) -> _Child:
+    def stuck_child(est: str, owner: str, started: float) -> Child:
         assert jobs.claim(db, est, owner, lease_s=60, max_attempts=3) is not None
         proc = ctx.Process(target=time.sleep, args=(120,), daemon=True)  # a child that hangs
         proc.start()
-        ch = _Child(est, proc, owner, 0, started)
-        ex._children[est] = ch
+        ch = Child(est, proc, owner, 0, started)
+        ex._runs.started(ch)
         return ch
 
     cancelled = add_estimate(db, sx, sy)
