@@ -13,6 +13,9 @@ and runs each with :func:`service.runner.run_job`, the same runner as the embedd
   then the process exits (code 75) and the container's restart policy brings a fresh one.
 - SIGTERM: stop taking messages, give the running job ``worker_shutdown_grace_s`` to finish,
   then exit; a job still running is picked up elsewhere once its lease expires.
+
+:class:`Worker` is the consumer and its heartbeat thread (start, stop, beat); :func:`main` builds
+one and :func:`_serve` runs it, the one place where the process's end is decided.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -35,6 +40,10 @@ from service.logs import setup_logging
 from service.settings import Settings
 
 if TYPE_CHECKING:
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    from service.blobs import BlobStore
     from service.store import Database
 
 log = logging.getLogger("lipwass.worker")
@@ -111,16 +120,238 @@ def _route_dramatiq_logs() -> None:
     dq.propagate = False
 
 
-def _still_ours(db: Database, job_id: str, owner: str) -> bool:
-    from sqlalchemy import select
+@dataclass
+class BeatSummary:
+    """What one beat found (for tests and logs)."""
 
-    from service.store import EstimateRow, JobStatus
+    broker_ok: bool
+    job_id: str | None = None  # the job the worker thread computes, if any
+    stuck: bool = False  # that job ended in the store long ago but its computation goes on
 
-    with db.session() as s:
-        row = s.execute(
-            select(EstimateRow.status, EstimateRow.lease_owner).where(EstimateRow.id == job_id)
-        ).one_or_none()
-    return row is not None and row[0] == JobStatus.running.value and row[1] == owner
+
+class Worker:
+    """A Dramatiq consumer with one thread that runs jobs, and a daemon thread that calls
+    :meth:`beat` every :func:`beat_interval` (the broker's liveness record, the health file, the
+    stuck-job watch). ``on_stuck(job_id)`` is called from that thread when the watch fires; the
+    process's owner decides what to do (:func:`main`: exit, code 75)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        blobs: BlobStore,
+        broker: RedisBroker,
+        on_stuck: Callable[[str], None],
+    ) -> None:
+        from service.executors.dramatiq import declare_actor
+
+        self.settings = settings
+        self.db = db
+        self.blobs = blobs
+        self.broker = broker
+        self.on_stuck = on_stuck
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.health_file = health_file(settings)
+        self.interval = beat_interval(settings)
+        self.stuck_after_s = settings.cancel_grace_s + 2 * settings.heartbeat_s
+        self._runs = itertools.count(1)
+        self._current = _Current()
+        self._broker_failing = False  # log a broker outage once, not once per beat
+        self._consumer: dramatiq.Worker | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        declare_actor(broker, settings, self.run)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the broker (raises if Redis is unreachable: nothing is started then), touch the
+        health file, start the heartbeat thread and the consumer (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        import dramatiq
+        import torch
+
+        from service.executors.dramatiq import broker_heartbeat
+
+        broker_heartbeat(self.broker, self.settings.broker_queue)  # fail fast
+        self._touch()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, name="lipwass-broker-heartbeat", daemon=True
+        )
+        self._thread.start()
+        # worker_timeout caps the consumer's back-off between polls (Dramatiq: 1 s, and it backs
+        # off while the one thread is busy, so a job ending waits up to that long for the next).
+        self._consumer = dramatiq.Worker(
+            self.broker,
+            queues={self.settings.broker_queue},
+            worker_threads=1,
+            worker_timeout=max(1, int(self.settings.worker_poll_s * 1000)),
+        )
+        self._consumer.queue_prefetch = 1  # hold only the running job (set before start)
+        self._consumer.start()
+        log.info(
+            "worker %s ready: queue %s, CUDA_VISIBLE_DEVICES=%s, cuda=%s, device=%s",
+            self.worker_id,
+            self.settings.broker_queue,
+            os.environ.get("CUDA_VISIBLE_DEVICES", "<all>"),
+            torch.cuda.is_available(),
+            self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        )
+
+    def stop(self) -> str | None:
+        """Take no new message, give the running job ``worker_shutdown_grace_s`` to finish, stop
+        the heartbeat thread and remove the health file. Returns the id of a job still running
+        (its thread is inside the computation, and its lease is no longer renewed), else None."""
+        if self._consumer is not None:
+            self._consumer.stop(timeout=int(self.settings.worker_shutdown_grace_s * 1000))
+            self._consumer = None
+        with self._current.lock:
+            left = self._current.job_id
+        if left is not None:
+            log.warning(
+                "exiting with a job still running: its lease will expire", extra={"job_id": left}
+            )
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 5.0)
+            self._thread = None
+        self.health_file.unlink(missing_ok=True)
+        return left
+
+    def close(self) -> None:
+        """Release the broker's and the store's connections (after a stop that left no job)."""
+        self.broker.client.connection_pool.disconnect()
+        self.db.dispose()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                out = self.beat()
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            if out.stuck and out.job_id is not None:
+                log.error(
+                    "job ended in the store but its computation is stuck: exiting",
+                    extra={"job_id": out.job_id},
+                )
+                self.on_stuck(out.job_id)
+
+    # -- one beat and one job ------------------------------------------------------------------
+    def beat(self) -> BeatSummary:
+        """One heartbeat: the broker command that keeps this worker alive there, the health
+        file, and whether the running job is stuck past its end in the store."""
+        from service.executors.dramatiq import broker_heartbeat
+        from service.store import jobs
+
+        try:
+            broker_heartbeat(self.broker, self.settings.broker_queue)
+            self._touch()
+            if self._broker_failing:
+                log.info("broker reachable again")
+            self._broker_failing = False
+        except Exception as exc:  # noqa: BLE001 - Redis hiccup: the next beat retries
+            if not self._broker_failing:  # once per outage, not once per beat
+                log.warning("broker heartbeat failed: %s: %s", type(exc).__name__, exc)
+            self._broker_failing = True
+        out = BeatSummary(broker_ok=not self._broker_failing)
+        with self._current.lock:
+            job_id, owner = self._current.job_id, self._current.owner
+        if job_id is None or owner is None:
+            return out
+        out.job_id = job_id
+        try:
+            ours = jobs.held_by(self.db, job_id, owner) is not None
+        except Exception:  # noqa: BLE001 - store hiccup: the next beat asks again
+            return out
+        out.stuck = self._current.stuck(job_id, ours, time.monotonic(), self.stuck_after_s)
+        return out
+
+    def run(self, job_id: str) -> None:
+        """The actor's body: run one attempt of ``job_id`` on this worker's connections."""
+        from service.runner import run_job
+
+        owner = f"{self.worker_id}:{next(self._runs)}"
+        self._current.set(job_id, owner)
+        log.info("message received", extra={"job_id": job_id})
+        try:
+            run_job(job_id, self.settings, owner=owner, db=self.db, blobs=self.blobs)
+        finally:
+            self._current.set(None, None)
+
+    def _touch(self) -> None:
+        self.health_file.parent.mkdir(parents=True, exist_ok=True)
+        self.health_file.touch()
+
+
+class _ExitNow(BaseException):
+    """Raised in the main thread by a second signal: end the process without waiting."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Ending:
+    """What asks the process to end: SIGTERM/SIGINT (a second one: at once) or a stuck job."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._signalled = False
+        self.stuck_job: str | None = None
+
+    def signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._signalled:
+            log.warning("second signal: exiting now")
+            raise _ExitNow(1)
+        self._signalled = True
+        log.info("signal %s: finishing the running job, taking no new ones", signum)
+        self._event.set()
+
+    def stuck(self, job_id: str) -> None:
+        self.stuck_job = job_id
+        self._event.set()
+
+    def wait(self) -> None:
+        while not self._event.wait(1.0):  # a timeout, so that signal handlers run promptly
+            pass
+
+
+def _serve(worker: Worker, ending: _Ending) -> int:
+    """Run ``worker`` until ``ending`` fires; the one place where a started worker's process
+    ends. A clean stop returns 0. A job still computing leaves without interpreter finalisation
+    (os._exit), which could crash under its thread inside torch: code 0 after SIGTERM,
+    ``EXIT_STUCK`` for a stuck job (the container's restart policy brings a fresh process), 1 on a
+    second signal."""
+    signal.signal(signal.SIGTERM, ending.signal)
+    signal.signal(signal.SIGINT, ending.signal)
+    try:
+        try:
+            worker.start()
+        except Exception as exc:  # noqa: BLE001 - reported, and the exit code says it
+            log.error("broker unreachable at start: %s: %s", type(exc).__name__, exc)
+            return 1
+        ending.wait()
+        if ending.stuck_job is not None:  # no graceful stop: the job's thread will not end
+            code, hard = EXIT_STUCK, True
+        else:
+            left = worker.stop()
+            code = EXIT_STUCK if ending.stuck_job is not None else 0
+            hard = left is not None
+            if not hard:
+                worker.close()
+            log.info("worker stopped")
+    except _ExitNow as exc:
+        code, hard = exc.code, True
+    if hard:
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def main(
@@ -138,11 +369,9 @@ def main(
         log.error("LIPWASS_BROKER_URL is not set: a worker needs Redis (redis://host:6379/0)")
         return 2
 
-    import dramatiq
-
     from service.blobs import BlobStore
-    from service.executors.dramatiq import broker_heartbeat, declare_actor, make_broker
-    from service.runner import preload, run_job
+    from service.executors.dramatiq import make_broker
+    from service.runner import preload
     from service.store import Database
 
     settings.ensure_dirs()
@@ -150,120 +379,10 @@ def main(
     if settings.migrate_on_start:
         db.migrate()  # serialised by an advisory lock on PostgreSQL
     blobs = BlobStore(settings.data_dir / "blobs")
-
     preload()  # after CUDA_VISIBLE_DEVICES is final: imports and first calls, off the first job
-    import torch
-
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    runs = itertools.count(1)
-    current = _Current()
-
-    def run(job_id: str) -> None:
-        owner = f"{worker_id}:{next(runs)}"
-        current.set(job_id, owner)
-        log.info("message received", extra={"job_id": job_id})
-        try:
-            run_job(job_id, settings, owner=owner, db=db, blobs=blobs)
-        finally:
-            current.set(None, None)
-
-    broker = make_broker(settings)
-    declare_actor(broker, settings, run)
-    # worker_timeout caps the consumer's back-off between polls (Dramatiq: 1 s, and it backs off
-    # while the one thread is busy, so a job ending waits up to that long for the next one).
-    worker = dramatiq.Worker(
-        broker,
-        queues={settings.broker_queue},
-        worker_threads=1,
-        worker_timeout=max(1, int(settings.worker_poll_s * 1000)),
-    )
-    worker.queue_prefetch = 1  # hold only the running job (set before start)
-
-    stop = threading.Event()
-    beats_stop = threading.Event()
-    hfile = health_file(settings)
-    interval = beat_interval(settings)
-    stuck_after = settings.cancel_grace_s + 2 * settings.heartbeat_s
-
-    failing = False
-
-    def beat_loop() -> None:
-        nonlocal failing
-        while not beats_stop.wait(interval):
-            try:
-                broker_heartbeat(broker, settings.broker_queue)
-                hfile.parent.mkdir(parents=True, exist_ok=True)
-                hfile.touch()
-                if failing:
-                    log.info("broker reachable again")
-                failing = False
-            except Exception as exc:  # noqa: BLE001 - Redis hiccup: the next beat retries
-                if not failing:  # once per outage, not once per beat
-                    log.warning("broker heartbeat failed: %s: %s", type(exc).__name__, exc)
-                failing = True
-            with current.lock:
-                job_id, owner = current.job_id, current.owner
-            if job_id is None or owner is None:
-                continue
-            try:
-                ours = _still_ours(db, job_id, owner)
-            except Exception:  # noqa: BLE001 - store hiccup
-                continue
-            if current.stuck(job_id, ours, time.monotonic(), stuck_after):
-                log.error(
-                    "job ended in the store but its computation is stuck: exiting",
-                    extra={"job_id": job_id},
-                )
-                os._exit(EXIT_STUCK)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting now")
-            os._exit(1)
-        log.info("signal %s: finishing the running job, taking no new ones", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    beats = threading.Thread(target=beat_loop, name="lipwass-broker-heartbeat", daemon=True)
-    try:
-        broker_heartbeat(broker, settings.broker_queue)  # fail fast if Redis is unreachable
-    except Exception as exc:  # noqa: BLE001 - reported, and the exit code says it
-        log.error("broker unreachable at start: %s: %s", type(exc).__name__, exc)
-        return 1
-    hfile.touch()
-    beats.start()
-    worker.start()
-    log.info(
-        "worker %s ready: queue %s, CUDA_VISIBLE_DEVICES=%s, cuda=%s, device=%s",
-        worker_id,
-        settings.broker_queue,
-        os.environ.get("CUDA_VISIBLE_DEVICES", "<all>"),
-        torch.cuda.is_available(),
-        settings.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-    )
-    while not stop.wait(1.0):
-        pass
-    worker.stop(timeout=int(settings.worker_shutdown_grace_s * 1000))
-    with current.lock:
-        left = current.job_id
-    if left is not None:
-        log.warning(
-            "exiting with a job still running: its lease will expire", extra={"job_id": left}
-        )
-    beats_stop.set()
-    hfile.unlink(missing_ok=True)
-    if left is not None:
-        # The job's thread is still inside torch: leave without interpreter finalisation, which
-        # could crash under it. Its lease stops being renewed now.
-        log.info("worker stopped")
-        logging.shutdown()
-        os._exit(0)
-    broker.client.connection_pool.disconnect()
-    db.dispose()
-    log.info("worker stopped")
-    return 0
+    ending = _Ending()
+    worker = Worker(settings, db, blobs, make_broker(settings), on_stuck=ending.stuck)
+    return _serve(worker, ending)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

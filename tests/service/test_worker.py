@@ -1,10 +1,15 @@
-"""Unit tests of the worker's parts that need neither Redis nor PostgreSQL (service/worker.py)."""
+"""The worker's parts (service/worker.py); only the start/stop test needs Redis
+(``LIPWASS_TEST_BROKER_URL``, else skipped)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,7 @@ from service.settings import Settings
 from service.store import Database, JobStatus, jobs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jobfixtures import add_dataset, add_estimate, open_store
+from jobfixtures import add_dataset, add_estimate, open_store, wait_for
 
 
 def test_health_check_reads_the_heartbeat_file(tmp_path: Path, capsys) -> None:
@@ -70,23 +75,6 @@ def test_stuck_watch_fires_only_after_the_grace_and_only_for_the_running_job() -
     assert not cur.stuck("est_c", ours=False, now=5.0, after_s=3)
 
 
-def test_still_ours_follows_the_store(tmp_path: Path) -> None:
-    import numpy as np
-
-    s = Settings(_env_file=None, data_dir=tmp_path / "data")
-    db, blobs = open_store(s)
-    x = add_dataset(db, blobs, np.zeros((4, 2)))
-    job = add_estimate(db, x, x)
-    claim = jobs.claim(db, job, "w:1", lease_s=30, max_attempts=3)
-    assert claim is not None
-    assert worker._still_ours(db, job, "w:1")
-    assert not worker._still_ours(db, job, "w:2")
-    assert jobs.finish(db, claim, JobStatus.cancelled)
-    assert not worker._still_ours(db, job, "w:1")
-    assert not worker._still_ours(db, "est_missing", "w:1")
-    db.dispose()
-
-
 def test_migrate_on_sqlite(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
     db.migrate()
@@ -110,3 +98,74 @@ def test_broker_overrides_dramatiq_defaults() -> None:
     assert "AgeLimit" not in names
     with pytest.raises(ValueError, match="LIPWASS_BROKER_URL"):
         make_broker(Settings(_env_file=None))
+
+
+def _worker(tmp_path: Path, broker_url: str, **settings: float) -> worker.Worker:
+    """A Worker on a fresh SQLite store and its own Redis namespace; ``stuck`` collects the ids
+    its watch reports."""
+    s = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        broker_url=broker_url,
+        broker_namespace=f"lipwass-test-{uuid.uuid4().hex[:8]}",
+        worker_health_file=tmp_path / "w.health",
+        **settings,
+    )
+    db, blobs = open_store(s)
+    return worker.Worker(s, db, blobs, make_broker(s), on_stuck=lambda job_id: None)
+
+
+def test_beat_finds_a_job_stuck_past_its_end_and_survives_a_broker_outage(
+    tmp_path: Path, caplog
+) -> None:
+    import numpy as np
+
+    w = _worker(tmp_path, "redis://127.0.0.1:1/0", cancel_grace_s=0.2, heartbeat_s=0.1)
+    assert w.stuck_after_s == pytest.approx(0.4)
+    x = add_dataset(w.db, w.blobs, np.zeros((4, 2)))
+    job = add_estimate(w.db, x, x)
+    claim = jobs.claim(w.db, job, "w:1", lease_s=30, max_attempts=3)
+    assert claim is not None
+    with caplog.at_level(logging.WARNING, logger="lipwass.worker"):
+        assert w.beat() == worker.BeatSummary(broker_ok=False)  # no job, nothing listens on :1
+        w._current.set(job, "w:1")
+        assert w.beat() == worker.BeatSummary(broker_ok=False, job_id=job)  # still ours
+        assert jobs.finish(w.db, claim, JobStatus.cancelled)  # ended; the thread computes on
+        assert not w.beat().stuck  # first sight: the clock starts
+        time.sleep(0.5)
+        assert w.beat() == worker.BeatSummary(broker_ok=False, job_id=job, stuck=True)
+    failures = [r for r in caplog.records if "broker heartbeat failed" in r.getMessage()]
+    assert len(failures) == 1  # once per outage
+    assert not w.health_file.exists()
+    w.close()
+
+
+def test_stop_is_clean(tmp_path: Path) -> None:
+    url = os.environ.get("LIPWASS_TEST_BROKER_URL")
+    if not url:
+        pytest.skip("needs Redis at LIPWASS_TEST_BROKER_URL (redis://127.0.0.1:6379/0)")
+    w = _worker(tmp_path, url, broker_heartbeat_timeout_s=0.6, worker_shutdown_grace_s=1)
+    before = set(threading.enumerate())
+    w.start()
+    try:
+        assert w.alive and w.health_file.exists()
+        stamp = w.health_file.stat().st_mtime
+        wait_for(lambda: w.health_file.stat().st_mtime > stamp, timeout=10, what="a beat")
+    finally:
+        left = w.stop()
+    assert left is None and not w.alive and not w.health_file.exists()
+    wait_for(lambda: set(threading.enumerate()) <= before, timeout=10, what="threads to end")
+    w.close()
+
+
+def test_a_second_signal_ends_at_once() -> None:
+    ending = worker._Ending()
+    ending.signal(signal.SIGTERM, None)
+    ending.wait()  # returns: the first signal asks for a graceful stop
+    with pytest.raises(worker._ExitNow) as exc:
+        ending.signal(signal.SIGTERM, None)
+    assert exc.value.code == 1
+    stuck = worker._Ending()
+    stuck.stuck("est_a")
+    stuck.wait()
+    assert stuck.stuck_job == "est_a"
