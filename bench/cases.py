@@ -1,7 +1,8 @@
 """Benchmark problems: low-dimensional pairs where the empirical W1's noise floor is small.
 
-Each case is (name, x, y, a, b). DESIGN.md section 2: judge a potential against the exact empirical
-W1 only where sampling noise is a small part of it (big shifts, mixtures, scaled data, d <= 8).
+Each case is (name, x, y, a, b). A potential is judged against the exact empirical W1 only where
+sampling noise is a small part of it (big shifts, mixtures, scaled data, d <= 8): from d ~ 4 on, a
+smooth potential does not (and should not) fit the noise floor of the empirical W1.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GPU speed and scale of lipcore (issue 5): correctness, the four targets and each lever, one call.
+"""GPU speed and scale of lipcore: correctness, the four targets and each lever, one call.
 
 On a CUDA machine, in at most ~8 minutes:
   a. correctness: certificate sound on a small case (lower_bound <= exact_w1), and the CUDA
@@ -44,14 +44,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lipcore import EstimatorConfig, estimate_w1, exact_w1  # noqa: E402
-from lipcore.accel import (  # noqa: E402
-    evaluate_resident,
-    sync,
-    weighted_difference_resident,
-)
-from lipcore.certify import lipschitz_constant  # noqa: E402
-from lipcore.holdout import Z95  # noqa: E402
+from lipcore import EstimatorConfig, default_device, estimate_w1, evaluate, exact_w1  # noqa: E402
+from lipcore.accel import sync  # noqa: E402
+from lipcore.estimate import TrainingData, certify, fit, hold_out  # noqa: E402
+from lipcore.holdout import Split  # noqa: E402
 from lipcore.network import LipschitzMLP  # noqa: E402
 from lipcore.train import Progress, train  # noqa: E402
 
@@ -232,10 +228,12 @@ def resident_estimate(
     holdout: float = 0.2,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """estimate_w1's pipeline (uniform weights) on data already on the device, nothing of size n
-    on the host: a random split, centring and scaling (float64 moments, chunked), training,
-    export, exact spectral norms, float64 evaluation of every sample (chunked, on the device),
-    the certified lower bound and the held-out value with its 95 % interval."""
+    """estimate_w1's stages (uniform weights) on data already on the device: the random split and
+    the centring and scaling (float64 moments, chunked) run here on the device, since
+    lipcore.estimate.prepare reads host arrays; then lipcore's own fit, certify (export, exact
+    spectral norms, float64 evaluation of every sample on the device, lower bound, centre,
+    gradient norms) and hold_out. The data never leaves the device; what comes back to the host
+    is f's float64 values (8 bytes a row) and the split's indices."""
     dev = x.device
     d = x.shape[1]
     chunk = config.eval_chunk
@@ -269,49 +267,52 @@ def resident_estimate(
             z[i : i + chunk] = ((s[idx[i : i + chunk]].to(torch.float64) - mu) * scale).float()
         return z
 
-    zx, zy = to_z(x, tx), to_z(y, ty)
-    wx = torch.full((zx.shape[0],), 1.0 / zx.shape[0], device=dev)
-    wy = torch.full((zy.shape[0],), 1.0 / zy.shape[0], device=dev)
+    def uniform(k: int) -> torch.Tensor:
+        return torch.full((k,), 1.0 / k, device=dev)
+
+    data = TrainingData(
+        zx=to_z(x, tx),
+        wx=uniform(tx.shape[0]),
+        zy=to_z(y, ty),
+        wy=uniform(ty.shape[0]),
+        shift=mu.cpu().numpy(),
+        scale=scale,
+    )
+    split_x, split_y = (
+        Split(t.cpu().numpy(), h.cpu().numpy(), uniform_np(len(t)), uniform_np(len(h)))
+        for t, h in ((tx, hx), (ty, hy))
+    )
     sync(dev)
     t_prep = time.perf_counter() - t0
-    net = LipschitzMLP(d, config, torch.Generator().manual_seed(seed)).to(dev)
-    res = train(
-        net,
-        zx,
-        wx,
-        zy,
-        wy,
-        config,
-        torch.Generator(device=dev).manual_seed(seed + 1),
-        unit=1.0 / scale,
-    )
-    del zx, zy
+    fitted = fit(data, config, seed=seed)
+    del data  # the standardised training copies: free them before the certificate
     sync(dev)
     t_train = time.perf_counter() - t0 - t_prep
     t1 = time.perf_counter()
-    potential = net.export(mu.cpu(), scale, torch.float64)
-    lip = lipschitz_constant(potential)
-    model = potential.to(dev)
-    fx, fy = evaluate_resident(model, x, chunk), evaluate_resident(model, y, chunk)
-    lower = weighted_difference_resident(fx, fy) / lip
-    hfx, hfy = fx[hx] / lip, fy[hy] / lip
-    value = float(hfx.mean() - hfy.mean())
-    half = Z95 * math.sqrt(
-        float(hfx.var(correction=0)) / hfx.shape[0] + float(hfy.var(correction=0)) / hfy.shape[0]
-    )
+    a, b = uniform_np(x.shape[0]), uniform_np(y.shape[0])
+    rng = np.random.default_rng(seed)
+    cert = certify(fitted, x, y, a, b, config=config, device=dev, rng=rng)
+    held = hold_out(cert, split_x, split_y)
+    assert held is not None
     sync(dev)
     t_cert = time.perf_counter() - t1
     return {
-        "lower_bound": lower,
-        "lipschitz_constant": lip,
-        "holdout": value,
-        "holdout_ci95": [value - half, value + half],
-        "steps": res.steps,
+        "lower_bound": cert.lower_bound,
+        "lipschitz_constant": cert.lipschitz_constant,
+        "holdout": held.value,
+        "holdout_ci95": list(held.ci95),
+        "grad_norm": cert.grad_norm,
+        "steps": fitted.result.steps,
         "prep_s": t_prep,
         "train_s": t_train,
         "certify_s": t_cert,
         "total_s": time.perf_counter() - t0,
     }
+
+
+def uniform_np(k: int) -> np.ndarray:
+    """Uniform float64 weights of k samples."""
+    return np.full(k, 1.0 / k)
 
 
 def shifted_gaussians(n: int, d: int, device: torch.device, seed: int) -> tuple[Any, Any]:
@@ -353,7 +354,7 @@ def correctness(device: torch.device, n: int) -> dict[str, Any]:
     """(1) soundness on a small case on the device: lower_bound <= exact_w1; (2) device vs CPU on a
     full-batch case (n <= batch: no sampling, the initial weights come from the CPU generator, so
     both follow the same trajectory up to rounding); (3) the resident pipeline's float64
-    evaluation against certify.evaluate's host one."""
+    evaluation of device-resident rows against the host one (lipcore.evaluate both)."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(n, 5))
     y = rng.normal(size=(n, 5)) * 1.3 + 0.5
@@ -372,11 +373,11 @@ def correctness(device: torch.device, n: int) -> dict[str, Any]:
         e = estimate_w1(x, y, config=dataclasses.replace(cfg, precision=name), device=device)
         out[f"lower_{name}"] = e.lower_bound
         out[f"sound_{name}"] = bool(e.lower_bound <= exact + 1e-9)
-    # resident float64 evaluation vs the host path, on the same exported model
-    model = dev_est.potential.to(device)
+    # float64 evaluation of device-resident rows vs the host path, on the same exported model
+    model = dev_est.potential
     xt = torch.from_numpy(x).to(device, torch.float32)
-    f_res = evaluate_resident(model, xt, 37).cpu().numpy()
-    f_host = model.cpu()(torch.from_numpy(x.astype(np.float32).astype(np.float64))).numpy()[:, 0]
+    f_res = evaluate(model, xt, chunk=37, device=device)
+    f_host = evaluate(model, x.astype(np.float32), chunk=len(x), device="cpu")
     out["resident_eval_max_abs"] = float(np.abs(f_res - f_host).max())
     out["ok"] = bool(
         out["sound"]
@@ -605,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="tf32", help="training precision of targets 2-4")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     skip = {s for s in args.skip.split(",") if s}
     deadline = time.monotonic() + args.budget_s
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lipcore import EstimatorConfig, exact_w1
-from lipcore.certify import evaluate, lipschitz_constant, weighted_difference
+from lipcore import EstimatorConfig, evaluate, exact_w1
+from lipcore.certify import lipschitz_constant, weighted_difference
 from lipcore.estimate import _scaling
 from lipcore.network import LipschitzMLP
 from lipcore.train import make_objective, make_optimizer, train_step
@@ -69,7 +69,7 @@ def deel_export(net: nn.Module) -> nn.Sequential:
 def certified_bound(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(lower bound, L) for a plain Sequential taking scaled inputs, in the units of x and y."""
     lip = lipschitz_constant(model)
-    fx, fy = evaluate(model, x, 65536), evaluate(model, y, 65536)
+    fx, fy = evaluate(model, x, chunk=65536), evaluate(model, y, chunk=65536)
     u = np.full(len(x), 1 / len(x))
     v = np.full(len(y), 1 / len(y))
     return weighted_difference(fx, u, fy, v) / lip, lip

@@ -10,9 +10,9 @@
   "reduce-overhead" mode: the forward and backward replayed as graphs, one launch each). Ignored,
   with a warning, on other devices.
 
-Also where an estimate runs (``default_device``, ``resolve_device``), and the resident
-(on-device) float64 evaluation of data that already lives on the card: chunked, so that no float64
-copy of the whole set is ever made, and nothing goes to the host.
+Also where an estimate runs: ``default_device`` and ``resolve_device``. (The float64 evaluation of
+data that already lives on the card is lipcore.evaluate on a device tensor: chunked, so that no
+float64 copy of the whole set is ever made.)
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 from .errors import ConfigError
 
@@ -139,35 +138,3 @@ def sync(device: torch.device | str) -> None:
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-@torch.no_grad()
-def evaluate_resident(model: nn.Module, z: torch.Tensor, chunk: int) -> torch.Tensor:
-    """f on every row of z, in float64, on z's device, ``chunk`` rows at a time: the temporary
-    float64 copy is one chunk, never the whole set, and nothing goes to the host. ``model`` must
-    be a float64 model on z's device."""
-    if z.ndim != 2:
-        raise ValueError(f"z: expected a 2-D tensor, got {z.ndim} dimensions")
-    if chunk < 1:
-        raise ValueError(f"chunk: must be >= 1, got {chunk}")
-    n = z.shape[0]
-    out = torch.empty(n, dtype=torch.float64, device=z.device)
-    for i in range(0, n, chunk):
-        out[i : i + chunk] = model(z[i : i + chunk].to(torch.float64)).reshape(-1)
-    return out
-
-
-def weighted_difference_resident(
-    fx: torch.Tensor,
-    fy: torch.Tensor,
-    a: torch.Tensor | None = None,
-    b: torch.Tensor | None = None,
-) -> float:
-    """sum a f(x) - sum b f(y) in float64 on the device (None: uniform weights), f centred first
-    as in certify.weighted_difference. One scalar comes back to the host."""
-
-    def mean(f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        return f.mean() if w is None else torch.dot(w.to(torch.float64), f)
-
-    c = 0.5 * (mean(fx, a) + mean(fy, b))
-    return float(mean(fx - c, a) - mean(fy - c, b))
