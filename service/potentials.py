@@ -11,7 +11,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 import lipcore
@@ -55,20 +54,8 @@ def evaluate(
     model: nn.Module, points: np.ndarray, center: float, lipschitz: float, gradient: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Values (k,) of g = (f - center) / lipschitz at ``points`` (k, d), and (k, d) gradients."""
-    values = np.empty(points.shape[0], dtype=np.float64)
-    grads = np.empty_like(points, dtype=np.float64) if gradient else None
-    for start in range(0, points.shape[0], EVAL_CHUNK):
-        stop = start + EVAL_CHUNK
-        x = torch.from_numpy(np.ascontiguousarray(points[start:stop], dtype=np.float64))
-        if gradient:
-            x.requires_grad_(True)
-            with torch.enable_grad():
-                f = model(x)[:, 0]
-                (g,) = torch.autograd.grad(f.sum(), x)
-            grads[start:stop] = g.numpy() / lipschitz  # type: ignore[index]
-            f = f.detach()
-        else:
-            with torch.no_grad():
-                f = model(x)[:, 0]
-        values[start:stop] = (f.numpy() - center) / lipschitz
-    return values, grads
+    if gradient:
+        f, g = lipcore.evaluate(model, points, chunk=EVAL_CHUNK, grad=True)
+        return (f - center) / lipschitz, g / lipschitz
+    f = lipcore.evaluate(model, points, chunk=EVAL_CHUNK)
+    return (f - center) / lipschitz, None

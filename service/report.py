@@ -16,6 +16,7 @@ import numpy as np
 SOURCE_COLOR = "#1f77b4"
 TARGET_COLOR = "#d62728"
 SCATTER_MAX = 2000  # points per set drawn on the heat map (more only hides the colours)
+EVAL_CHUNK = 65_536  # rows per chunk when evaluating the potential
 
 
 @dataclass
@@ -186,19 +187,6 @@ def subsample(
     return np.asarray(samples[idx]), None if weights is None else np.asarray(weights)[idx]
 
 
-def evaluate(model: Any, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """f at ``points`` (float64 numpy out), in chunks, without gradients."""
-    import torch
-
-    dtype = next(model.parameters()).dtype
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(points), chunk):
-            z = torch.from_numpy(np.array(points[i : i + chunk], dtype=np.float64)).to(dtype)
-            out.append(model(z)[:, 0].double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 def potential_views(
     inp: ReportInputs,
     model: Any,
@@ -214,12 +202,18 @@ def potential_views(
     seed: int = 0,
 ) -> ReportInputs:
     """Fill ``inp`` with g = (f - c) / L on seeded subsamples and, for d = 2, on a grid."""
+    import lipcore  # here, not at the top: render_png needs no torch
+
     rng = np.random.default_rng(seed)
     scale = 1.0 / lipschitz if lipschitz and lipschitz > 0 else 1.0
+
+    def g(points: np.ndarray) -> np.ndarray:
+        return (lipcore.evaluate(model, points, chunk=EVAL_CHUNK) - center) * scale
+
     xs, ws = subsample(x, a, max_points, rng)
     ys, wt = subsample(y, b, max_points, rng)
-    inp.g_source = (evaluate(model, xs) - center) * scale
-    inp.g_target = (evaluate(model, ys) - center) * scale
+    inp.g_source = g(xs)
+    inp.g_target = g(ys)
     inp.w_source, inp.w_target = ws, wt
     if len(xs) < x.shape[0] or len(ys) < y.shape[0]:
         inp.notes.append(f"histograms on a seeded subsample of <= {max_points} per set")
@@ -233,7 +227,7 @@ def potential_views(
         mx, my = np.meshgrid(gx, gy)
         flat = np.stack([mx.ravel(), my.ravel()], axis=1)
         inp.grid_x, inp.grid_y = gx, gy
-        inp.grid_g = ((evaluate(model, flat) - center) * scale).reshape(grid, grid)
+        inp.grid_g = g(flat).reshape(grid, grid)
         inp.points_source = xs[rng.permutation(len(xs))[:SCATTER_MAX]]
         inp.points_target = ys[rng.permutation(len(ys))[:SCATTER_MAX]]
     return inp
