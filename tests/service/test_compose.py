@@ -2,7 +2,8 @@
 
 No Docker engine runs here, so the compose file is checked against the Compose specification's
 JSON schema (the copy check-jsonschema ships, licence Apache-2.0: no network at test time) and
-the properties the deployment relies on are asserted one by one.
+the properties the deployment relies on are asserted one by one, for each profile: "gpu" (the
+default, through COMPOSE_PROFILES in .env.example) and "cpu" (no GPU anywhere).
 """
 
 from __future__ import annotations
@@ -22,6 +23,23 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+PROFILES = ("gpu", "cpu")
+WORKERS = ("worker", "worker-cpu")
+
+
+def active(compose: dict[str, Any], profile: str) -> dict[str, Any]:
+    """The services `docker compose --profile <profile> up` starts: those without profiles, and
+    those that list it."""
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if not svc.get("profiles") or profile in svc["profiles"]
+    }
+
+
+def env_example() -> dict[str, str]:
+    text = (ROOT / ".env.example").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +72,53 @@ def test_the_schema_check_would_catch_a_mistake(compose, validator) -> None:
 
 def test_services_and_health_checks(compose) -> None:
     services = compose["services"]
-    assert {"api", "worker", "postgres", "redis", "migrate"} <= set(services)
-    for name in ("api", "worker", "postgres", "redis"):
+    assert {"api", "worker", "worker-cpu", "postgres", "redis", "migrate"} <= set(services)
+    for name in ("api", *WORKERS, "postgres", "redis"):
         hc = services[name]["healthcheck"]
         assert hc["test"][0] in ("CMD", "CMD-SHELL"), name
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
-    assert "--check" in services["worker"]["healthcheck"]["test"]
+    for name in WORKERS:
+        assert "--check" in services[name]["healthcheck"]["test"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_profile_is_a_whole_stack_valid_on_its_own(compose, validator, profile) -> None:
+    services = active(compose, profile)
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in validator.iter_errors({**compose, "services": services})
+    ]
+    assert errors == []
+    assert {"postgres", "redis", "migrate", "api"} <= set(services)
+    (worker,) = [name for name, svc in services.items() if svc.get("command") == ["worker"]]
+    assert worker == {"gpu": "worker", "cpu": "worker-cpu"}[profile]
+    for name, svc in services.items():  # nothing waits for a service the profile leaves out
+        assert set(svc.get("depends_on", {})) <= set(services), name
+
+
+def test_profiles_gpu_by_default_and_only_the_workers_have_one(compose) -> None:
+    profiled = {n: s["profiles"] for n, s in compose["services"].items() if s.get("profiles")}
+    assert profiled == {"worker": ["gpu"], "worker-cpu": ["cpu"]}
+    # `docker compose up` reads COMPOSE_PROFILES from .env: the GPU stack, as before profiles.
+    assert env_example()["COMPOSE_PROFILES"] == "gpu"
+
+
+def test_cpu_worker_requests_no_gpu_and_builds_cpu_torch(compose) -> None:
+    cpu = compose["services"]["worker-cpu"]
+    text = json.dumps(cpu).lower()
+    assert "deploy" not in cpu and "gpus" not in cpu and "runtime" not in cpu
+    assert "nvidia" not in text and "devices" not in text and "cuda" not in text
+    assert cpu["environment"]["LIPWASS_DEVICE"] == "cpu"
+    assert cpu["build"]["dockerfile"] == compose["services"]["worker"]["build"]["dockerfile"]
+    args = cpu["build"]["args"]
+    assert args["BASE_IMAGE"].startswith("ubuntu:")
+    assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    dockerfile = (ROOT / compose["services"]["worker"]["build"]["dockerfile"]).read_text()
+    for arg in args:  # an argument the Dockerfile does not declare would be silently ignored
+        assert re.search(rf"^ARG {arg}=", dockerfile, re.M), arg
+    assert cpu["image"] != compose["services"]["worker"]["image"]  # neither overwrites the other
 
 
 def test_redis_is_append_only_and_postgres_keeps_a_volume(compose) -> None:
@@ -75,7 +132,7 @@ def test_redis_is_append_only_and_postgres_keeps_a_volume(compose) -> None:
 
 
 def test_api_and_worker_wait_for_healthy_stores_and_migrations(compose) -> None:
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         dep = compose["services"][name]["depends_on"]
         assert dep["postgres"]["condition"] == "service_healthy"
         assert dep["redis"]["condition"] == "service_healthy"
@@ -98,19 +155,16 @@ def test_api_is_scalable(compose) -> None:
 
 
 def test_blob_volume_is_shared_at_one_path(compose) -> None:
-    mounts = {name: compose["services"][name]["volumes"] for name in ("api", "worker")}
-    assert mounts["api"] == mounts["worker"] == ["blobs:/data"]
+    mounts = {name: compose["services"][name]["volumes"] for name in ("api", *WORKERS)}
+    assert all(m == ["blobs:/data"] for m in mounts.values()), mounts
     assert "blobs" in compose["volumes"]
 
 
 def test_settings_come_from_env_file_and_example_is_safe(compose) -> None:
-    for name in ("api", "worker", "migrate"):
+    for name in ("api", *WORKERS, "migrate"):
         (entry,) = compose["services"][name]["env_file"]
         assert entry["path"] == ".env"
-    example = (ROOT / ".env.example").read_text()
-    keys = dict(
-        line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#")
-    )
+    keys = env_example()
     assert keys["LIPWASS_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert keys["LIPWASS_BROKER_URL"].startswith("redis://")
     assert keys["POSTGRES_PASSWORD"] == "change-me"  # a placeholder, never a real secret
@@ -124,7 +178,7 @@ def test_settings_come_from_env_file_and_example_is_safe(compose) -> None:
 @pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.worker"])
 def test_dockerfiles_run_as_non_root_with_health_checks_and_no_secrets(name: str) -> None:
     text = (ROOT / "docker" / name).read_text()
-    assert re.search(r"^USER (?!root)\S+", text, re.M)
+    assert re.search(r"^USER [1-9]\d*:[1-9]\d*$", text, re.M)  # numeric: checkable as non-root
     assert re.search(r"^HEALTHCHECK ", text, re.M)
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"PASSWORD|SECRET|TOKEN|LIPWASS_DATABASE_URL", code, re.I)
@@ -138,7 +192,7 @@ def test_images_pick_their_torch_flavour() -> None:
     worker = (ROOT / "docker" / "Dockerfile.worker").read_text()
     assert api.startswith("#") and "FROM python:3.11-slim" in api
     assert "download.pytorch.org/whl/cpu" in api
-    assert re.search(r"CUDA_BASE=nvidia/cuda:\S+-runtime-", worker)
+    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+-runtime-", worker, re.M)
     assert re.search(r"TORCH_INDEX=https://download.pytorch.org/whl/cu\d+", worker)
 
 
