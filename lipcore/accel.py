@@ -86,7 +86,9 @@ def training_precision(precision: str, device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(old_precision)
 
 
-def forward_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def forward_autocast(
+    precision: str, device: torch.device
+) -> contextlib.AbstractContextManager[None]:
     """The context of each training forward: bfloat16 autocast for "bf16", else nothing."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -122,7 +124,7 @@ class CompiledStep:
         if self.compiled is None:
             return self.eager(*args)
         if self.graphs:
-            torch.compiler.cudagraph_mark_step_begin()
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         try:  # a recompilation (new shapes, new architecture) can fail too, not only the first
             return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: train eagerly instead

@@ -43,7 +43,7 @@ def euclidean_cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     c = 0.5 * (x.mean(axis=0) + y.mean(axis=0))
-    return cdist(x - c, y - c, metric="euclidean")
+    return np.asarray(cdist(x - c, y - c, metric="euclidean"), dtype=np.float64)
 
 
 def exact_w1(

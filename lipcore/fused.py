@@ -16,6 +16,8 @@ the next forward (what a training step does); a backward after a later forward r
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -24,7 +26,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self.generation = 0
-        self._key: tuple | None = None
+        self._key: tuple[object, ...] | None = None
         self._buffers: dict[str, torch.Tensor] = {}
 
     def buffers(
@@ -65,7 +67,9 @@ def _weight_grad(grad: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
 
 class _FusedObjective(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, ws: Workspace, z: torch.Tensor, s: torch.Tensor, *params: torch.Tensor):  # type: ignore[override]
+    def forward(
+        ctx: Any, ws: Workspace, z: torch.Tensor, s: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
         weights, biases = params[0::2], params[1::2]
         hidden = len(weights) - 1
         widths = [w.shape[0] for w in weights[:hidden]]
@@ -89,7 +93,7 @@ class _FusedObjective(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         ws: Workspace = ctx.ws
         if ws.generation != ctx.generation:
             raise RuntimeError("fused objective: its buffers were reused by a later forward")
@@ -132,4 +136,5 @@ def fused_objective(
     """s^T f(z) for the MaxMin MLP with these effective weights (hidden layers, then the one-row
     output layer) and biases; differentiable in the weights and biases."""
     params = [t for pair in zip(weights, biases, strict=True) for t in pair]
-    return _FusedObjective.apply(ws, z, s, *params)
+    out: torch.Tensor = _FusedObjective.apply(ws, z, s, *params)  # type: ignore[no-untyped-call]
+    return out

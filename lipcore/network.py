@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -29,10 +31,15 @@ class LipschitzMLP(nn.Module):
         self.act = ACTIVATIONS[config.activation]()
         self.out = FrobeniusLinear(config.width, 1, generator)
 
+    def hidden_layers(self) -> list[OrthoLinear]:
+        """The hidden layers, typed (an nn.ModuleList yields plain modules)."""
+        return cast(list[OrthoLinear], list(self.hidden))
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         for layer in self.hidden:
             z = self.act(layer(z))
-        return self.out(z)
+        out: torch.Tensor = self.out(z)
+        return out
 
     def objective(
         self, z: torch.Tensor, s: torch.Tensor, workspace: Workspace | None = None
@@ -49,14 +56,14 @@ class LipschitzMLP(nn.Module):
         )
         if workspace is None or not fusable:
             return torch.dot(s, self(z)[:, 0].to(s.dtype))
-        weights = [layer.training_weight() for layer in self.hidden]
+        weights = [layer.training_weight() for layer in self.hidden_layers()]
         weights.append(self.out.effective_weight())
         biases = [layer.bias for layer in (*self.hidden, self.out)]
         return fused_objective(workspace, z, s, weights, biases)
 
     @torch.no_grad()
     def reproject_(self) -> None:
-        for layer in self.hidden:
+        for layer in self.hidden_layers():
             layer.reproject_(self.config.reproject_iters)
 
     @torch.no_grad()
@@ -71,7 +78,7 @@ class LipschitzMLP(nn.Module):
         the raw parameters in float64 with the training-time iterations (so they match training).
         """
         modules: list[nn.Module] = []
-        layers: list[nn.Module] = [*self.hidden, self.out]
+        layers: list[OrthoLinear | FrobeniusLinear] = [*self.hidden_layers(), self.out]
         for i, layer in enumerate(layers):
             w = layer.weight.detach().to("cpu", torch.float64)
             if isinstance(layer, OrthoLinear):

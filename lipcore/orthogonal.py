@@ -14,6 +14,8 @@ tight.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 # Björck's map s -> s (3 - s^2) / 2 sends (0, sqrt(3)) into (0, 1] and 1 is its attracting fixed
@@ -65,7 +67,7 @@ class _FirstStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, w: torch.Tensor) -> torch.Tensor:
         # In w's dtype even under a bfloat16 autocast (precision "bf16" lowers the batch products,
         # not the orthonormalisation), so that the backward's dtypes match.
         if torch.is_autocast_enabled(w.device.type):
@@ -74,14 +76,16 @@ class _FirstStep(torch.autograd.Function):
         return _FirstStep._forward(ctx, w)
 
     @staticmethod
-    def _forward(ctx, w: torch.Tensor) -> torch.Tensor:
+    def _forward(ctx: Any, w: torch.Tensor) -> torch.Tensor:
         g = w.mT @ w
-        bound, row = g.abs().sum(dim=1).max(dim=0)
+        top, top_row = g.abs().sum(dim=1).max(dim=0)
+        bound: Scalar
+        row: int | torch.Tensor
         if _host_scalars(w):
-            bound, row = bound.item(), row.item()
-            bound = max(bound, torch.finfo(w.dtype).tiny)
+            bound = max(float(top.item()), torch.finfo(w.dtype).tiny)
+            row = int(top_row.item())
         else:
-            bound = bound.clamp_min(torch.finfo(w.dtype).tiny)
+            bound, row = top.clamp_min(torch.finfo(w.dtype).tiny), top_row
         c = _scale(bound)
         q = c**-0.5
         p = g * (-0.5 * q / c)  # q P = q (3/2 I - G / (2c)), without materialising I
@@ -92,11 +96,11 @@ class _FirstStep(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, de: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (w,) = ctx.saved_tensors
+    def backward(ctx: Any, de: torch.Tensor) -> torch.Tensor:
+        w: torch.Tensor = ctx.saved_tensors[0]
         g, qp, c, q, bound, row = ctx.g, ctx.qp, ctx.c, ctx.q, ctx.bound, ctx.row
         m = w.mT @ de
-        dw = de @ qp
+        dw: torch.Tensor = de @ qp
         k = -0.5 * q / c
         dg = m * k
         slope = _scale_slope(bound, w.dtype)
@@ -111,6 +115,11 @@ class _FirstStep(torch.autograd.Function):
         return dw.addmm_(w, dg + dg.mT)
 
 
+def _first_step(w: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = _FirstStep.apply(w)  # type: ignore[no-untyped-call]
+    return out
+
+
 def bjorck(w: torch.Tensor, iters: int) -> torch.Tensor:
     """Björck orthonormalisation of a 2-D weight (out, in) after pre-normalisation.
 
@@ -119,7 +128,7 @@ def bjorck(w: torch.Tensor, iters: int) -> torch.Tensor:
     the first iteration's backward is hand-written).
     """
     tall = w.shape[0] >= w.shape[1]
-    w = _FirstStep.apply(w) if tall else _FirstStep.apply(w.mT).mT
+    w = _first_step(w) if tall else _first_step(w.mT).mT
     for _ in range(iters - 1):
         p = _gram(w, tall) * -0.5
         p.diagonal().add_(1.5)
@@ -137,7 +146,8 @@ def power_iteration(
         u = w @ v
         v = w.mT @ u
         v = v / v.norm().clamp_min(torch.finfo(w.dtype).tiny)
-    return (w @ v).norm()
+    sigma: torch.Tensor = (w @ v).norm()
+    return sigma
 
 
 def spectral_norm_exact(w: torch.Tensor) -> float:
@@ -147,4 +157,5 @@ def spectral_norm_exact(w: torch.Tensor) -> float:
 
 def frobenius_normalise(w: torch.Tensor) -> torch.Tensor:
     """w / ||w||_F: spectral norm <= 1, and == 1 for a single row (the last layer)."""
-    return w / w.norm().clamp_min(torch.finfo(w.dtype).tiny)
+    out: torch.Tensor = w / w.norm().clamp_min(torch.finfo(w.dtype).tiny)
+    return out

@@ -31,7 +31,9 @@ def architecture(model: nn.Sequential) -> list[dict[str, Any]]:
     return arch
 
 
-def save_potential(path: str | os.PathLike, model: nn.Sequential, metadata: dict[str, Any]) -> None:
+def save_potential(
+    path: str | os.PathLike[str], model: nn.Sequential, metadata: dict[str, Any]
+) -> None:
     """Writes the Linear weights as tensors and architecture + ``metadata`` as JSON metadata."""
     tensors = {}
     for i, m in enumerate(model):
@@ -45,7 +47,7 @@ def save_potential(path: str | os.PathLike, model: nn.Sequential, metadata: dict
     save_file(tensors, os.fspath(path), metadata=meta)
 
 
-def read_potential_metadata(path: str | os.PathLike) -> dict[str, Any]:
+def read_potential_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a saved potential, JSON values decoded."""
     with safe_open(os.fspath(path), framework="pt") as fh:
         raw = fh.metadata() or {}
@@ -61,7 +63,7 @@ def read_potential_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def load_potential(path: str | os.PathLike) -> nn.Sequential:
+def load_potential(path: str | os.PathLike[str]) -> nn.Sequential:
     """Rebuilds the saved potential as a plain nn.Sequential (no gradients required)."""
     meta = read_potential_metadata(path)
     modules: list[nn.Module] = []

@@ -140,7 +140,7 @@ def train_step(
     """One ascent step on s^T f(z), then the warm-start reprojection. Returns the objective."""
     obj = objective(z, s)
     opt.zero_grad(set_to_none=True)
-    (-obj).backward()
+    (-obj).backward()  # type: ignore[no-untyped-call]
     opt.step()
     net.reproject_()
     return obj

@@ -66,7 +66,8 @@ def normalised_weights(w: object, n: int) -> NDArray[np.float64]:
     arr = np.asarray(w, dtype=np.float64).reshape(-1)
     if arr.shape[0] != n:
         raise ValueError(f"weights: {arr.shape[0]} weights for {n} samples")
-    return arr / arr.sum()
+    out: NDArray[np.float64] = arr / arr.sum()
+    return out
 
 
 def as_weights(w: object, n: int, name: str) -> np.ndarray:
