@@ -20,10 +20,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+
+if TYPE_CHECKING:  # the CLI imports torch only for the commands that compute
+    import lipcore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -115,55 +119,42 @@ def estimate_local(
     config: dict[str, Any] | None = None,
     device: str | None = None,
     exact_max_pairs: int = 25_000_000,
-    callback: Any = None,
-) -> tuple[dict[str, Any], Any]:
+    callback: Callable[[lipcore.Progress], None] | None = None,
+) -> tuple[dict[str, Any], lipcore.Estimate | None]:
     """The service's result contract computed in this process; returns (result, Estimate|None).
 
-    method auto: exact when n*m <= exact_max_pairs (or d = 1), else lipschitz; crosscheck auto
-    runs the exact solver next to lipschitz under the same condition.
+    The same decision as the service's (service.policy), with no server limits but
+    ``exact_max_pairs``: auto is exact when n*m <= exact_max_pairs (or d = 1), else lipschitz.
     """
     import lipcore
-
-    if x.shape[1] > 1:
-        import ot  # noqa: F401 - seconds time the work, not POT's import
+    from service import policy, runner
 
     t0 = time.perf_counter()
-    n, d = x.shape
-    m = y.shape[0]
-    small = d == 1 or n * m <= exact_max_pairs
-    if method not in ("auto", "exact", "lipschitz"):
-        raise ValueError(f"method must be auto, exact or lipschitz, got {method!r}")
-    if crosscheck not in ("auto", "always", "never"):
-        raise ValueError(f"crosscheck must be auto, always or never, got {crosscheck!r}")
-    if method == "auto":
-        method = "exact" if small else "lipschitz"
-    run_exact = method == "exact" or crosscheck == "always" or (crosscheck == "auto" and small)
-    cfg = lipcore.EstimatorConfig.from_dict(config or {}) if method == "lipschitz" else None
-    result: dict[str, Any] = {
-        "method": method, "w1": None, "lower_bound": None, "lipschitz_constant": None,
-        "holdout": None, "exact": None, "relative_gap": None, "diagnostics": None,
-        "potential_center": None, "device": "cpu", "seconds": 0.0, "steps": 0, "config": None,
-    }  # fmt: skip
-    if run_exact:
-        te = time.perf_counter()
-        value = lipcore.exact_w1(x, y, a, b, max_pairs=exact_max_pairs)
-        result["exact"] = {
-            "value": float(value),
-            "solver": "closed_form_1d" if d == 1 else "pot.emd2",
-            "seconds": time.perf_counter() - te,
-        }
+    chosen = policy.plan(
+        method=method,
+        crosscheck=crosscheck,
+        n=x.shape[0],
+        m=y.shape[0],
+        d=x.shape[1],
+        holdout=holdout,
+        config=config,
+        limits=policy.Limits(exact_max_pairs=exact_max_pairs),
+    )
+    exact = runner.solve_exact(x, y, a, b, exact_max_pairs) if chosen.run_exact else None
     est = None
-    if method == "lipschitz":
+    if chosen.fits_potential:
         est = lipcore.estimate_w1(
-            x, y, a, b, config=cfg, holdout=holdout, seed=seed, device=device, callback=callback
+            x,
+            y,
+            a,
+            b,
+            config=chosen.config,
+            holdout=holdout,
+            seed=seed,
+            device=device,
+            callback=callback,
         )
-        from service import runner
-
-        center = runner.potential_center(est, x, a, y, b)
-        result.update(runner.lipschitz_fields(est, center, result["exact"]))
-    else:
-        result["w1"] = result["exact"]["value"]
-    result["seconds"] = time.perf_counter() - t0
+    result = policy.result(chosen, exact=exact, fitted=est, seconds=time.perf_counter() - t0)
     return result, est
 
 
@@ -344,28 +335,23 @@ def _estimate_here(
 
 
 def cmd_exact(args: argparse.Namespace) -> int:
-    import lipcore
+    from service import runner
 
     settings = _settings(args)
     x, a = load_dataset(args.x, settings)
     y, b = load_dataset(args.y, settings)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"X has d={x.shape[1]} columns and Y has d={y.shape[1]}: they must match")
-    max_pairs = args.max_pairs or settings.exact_max_pairs
-    if x.shape[1] > 1:
-        import ot  # noqa: F401 - time the solve, not POT's import
-    t0 = time.perf_counter()
-    value = lipcore.exact_w1(x, y, a, b, max_pairs=max_pairs)
-    seconds = time.perf_counter() - t0
-    solver = "closed_form_1d" if x.shape[1] == 1 else "pot.emd2"
+    exact = runner.solve_exact(x, y, a, b, args.max_pairs or settings.exact_max_pairs)
+    value, seconds = exact["value"], exact["seconds"]
     if args.json:
-        print(json.dumps({"w1": value, "solver": solver, "seconds": seconds, "n": len(x),
+        print(json.dumps({"w1": value, "solver": exact["solver"], "seconds": seconds, "n": len(x),
                           "m": len(y), "d": x.shape[1]}))  # fmt: skip
     else:
         print(
             format_result(
                 {"method": "exact", "w1": value, "device": "cpu", "seconds": seconds,
-                 "exact": {"value": value, "solver": solver, "seconds": seconds}}
+                 "exact": exact}
             )
         )  # fmt: skip
     return EXIT_OK

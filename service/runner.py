@@ -34,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
+import lipcore
+from service import policy
 from service.blobs import BlobStore
+from service.problems import JobError
 from service.settings import Settings
 from service.store import Database, DatasetRow, EstimateRow, JobStatus, jobs
 
@@ -46,17 +49,6 @@ HISTORY_MAX = 2000  # points of the objective history kept in the row (downsampl
 def default_owner() -> str:
     """A lease owner name unique to this process and call: host:pid:random."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class JobError(Exception):
-    """A job failure with a clear problem: becomes the row's ``error`` dict."""
-
-    def __init__(self, type_: str, title: str, detail: str) -> None:
-        super().__init__(detail)
-        self.type, self.title, self.detail = type_, title, detail
-
-    def to_dict(self) -> dict[str, str]:
-        return {"type": self.type, "title": self.title, "detail": self.detail}
 
 
 @dataclass
@@ -142,10 +134,8 @@ class _Attempt:
             self.flags.cancel_seen_at = time.monotonic()
 
     # -- the lipcore callback ------------------------------------------------------------------
-    def callback(self, p: Any) -> None:
+    def callback(self, p: lipcore.Progress) -> None:
         """Record progress (throttled into the store); abort on cancel, loss or time-out."""
-        import lipcore
-
         self.history.append([int(p.step), float(p.objective)])
         now = time.monotonic()
         if now - self.last_progress >= self.settings.progress_interval_s:
@@ -171,8 +161,6 @@ class _Attempt:
 
     def check_between_phases(self) -> None:
         """Abort between phases (after the exact solve, before training) when asked to."""
-        import lipcore
-
         if now_exceeds(self.started, self.settings.job_timeout_s):
             self.flags.timed_out = True
         if self.flags.lost or self.flags.cancel or self.flags.timed_out or self.flags.ended:
@@ -210,7 +198,6 @@ def now_exceeds(start: float, limit_s: float) -> bool:
 def _timeout_error(settings: Settings) -> JobError:
     return JobError(
         "timeout",
-        "The job ran too long",
         f"the job exceeded the time limit of {settings.job_timeout_s:g} s (job_timeout_s)",
     )
 
@@ -220,184 +207,75 @@ def _load(db: Database, blobs: BlobStore, job_id: str) -> tuple[EstimateRow, dic
     with db.session() as s:
         row = s.get(EstimateRow, job_id)
         if row is None:
-            raise JobError("not_found", "The job vanished", f"estimate {job_id} does not exist")
+            raise JobError("not_found", f"estimate {job_id} does not exist")
         src = s.get(DatasetRow, row.source_id)
         tgt = s.get(DatasetRow, row.target_id)
         s.expunge_all()
     data: dict[str, Any] = {}
     for key, ds, ref in (("x", src, row.source_id), ("y", tgt, row.target_id)):
         if ds is None or not blobs.has_dataset(ds.sha256):
-            raise JobError(
-                "dataset_missing", "A dataset is missing", f"dataset {ref} is no longer stored"
-            )
+            raise JobError("dataset_missing", f"dataset {ref} is no longer stored")
         samples, weights = blobs.load_dataset(ds.sha256, mmap=True)
         data[key] = samples
         data["a" if key == "x" else "b"] = weights
     return row, data
 
 
-def _normalised(w: np.ndarray | None, n: int) -> np.ndarray:
-    if w is None:
-        return np.full(n, 1.0 / n)
-    w = np.asarray(w, dtype=np.float64).reshape(-1)
-    return w / w.sum()
-
-
-def potential_center(
-    est: Any, x: np.ndarray, a: np.ndarray | None, y: np.ndarray, b: np.ndarray | None
-) -> float:
-    """c = (sum a f(x) + sum b f(y)) / 2 of the raw exported potential, in float64, in chunks."""
-    import torch
-
-    model = est.potential
-    dtype = next(model.parameters()).dtype
-    dev = torch.device(est.device)
-    chunk = est.config.eval_chunk
-    model = model.to(dev)
-    total = 0.0
-    try:
-        with torch.no_grad():
-            for s, w in ((x, a), (y, b)):
-                n = s.shape[0]
-                wn = _normalised(w, n)
-                for i in range(0, n, chunk):
-                    # a copy of one chunk: the dataset may be a read-only memory map
-                    z = torch.from_numpy(np.array(s[i : i + chunk], dtype=np.float64))
-                    f = model(z.to(dev, dtype))[:, 0].double().cpu().numpy()
-                    total += float(wn[i : i + chunk] @ f)
-    finally:
-        est.potential = model.to("cpu")
-    return total / 2.0
-
-
-def lipschitz_fields(est: Any, center: float, exact: dict[str, Any] | None) -> dict[str, Any]:
-    """The result-contract fields of a fitted estimate (and the gap to ``exact`` when known)."""
-    gap = None
-    if exact is not None and exact["value"] != 0:
-        gap = (exact["value"] - est.lower_bound) / exact["value"]
-    return {
-        "w1": float(est.lower_bound),
-        "lower_bound": float(est.lower_bound),
-        "lipschitz_constant": float(est.lipschitz_constant),
-        "holdout": None if est.holdout is None else est.holdout.to_dict(),
-        "diagnostics": {
-            "grad_norm": {k: float(v) for k, v in est.grad_norm.items()},
-            "objective": float(est.objective),
-        },
-        "potential_center": center,
-        "device": str(est.device),
-        "steps": int(est.steps),
-        "config": est.config.to_dict(),
-        "relative_gap": gap,
-    }
-
-
-def _resolve_device(settings: Settings) -> str:
-    if settings.device:
-        return settings.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _compute(
     settings: Settings, blobs: BlobStore, row: EstimateRow, data: dict[str, Any], att: _Attempt
 ) -> dict[str, Any]:
-    """Run lipcore per the request; the result dict of the shared contract."""
-    import lipcore
-
+    """Run lipcore per the request and the policy; the result dict of the shared contract."""
     t0 = time.perf_counter()
     x, y = data["x"], data["y"]
-    n, d = x.shape
-    m = y.shape[0]
-    small = d == 1 or n * m <= settings.exact_max_pairs
-    method = row.method
-    if method == "auto":
-        method = "exact" if small else "lipschitz"
-    if method not in ("exact", "lipschitz"):
-        raise JobError("invalid_request", "Unknown method", f"method {row.method!r} is unknown")
-    crosscheck = row.crosscheck
-    if method == "exact":
-        run_exact = True
-    elif crosscheck == "always":
-        run_exact = True
-        if not small:
-            raise JobError(
-                "exact_too_large",
-                "The exact cross-check is too large",
-                f"crosscheck=always needs n * m = {n} * {m} = {n * m} pairs, above the limit of "
-                f"{settings.exact_max_pairs} (exact_max_pairs)",
-            )
-    elif crosscheck == "auto":
-        run_exact = small
-    elif crosscheck == "never":
-        run_exact = False
-    else:
-        raise JobError(
-            "invalid_request", "Unknown crosscheck", f"crosscheck {crosscheck!r} is unknown"
+    (n, d), m = x.shape, y.shape[0]
+    try:
+        chosen = policy.plan(
+            method=row.method,
+            crosscheck=row.crosscheck,
+            n=n,
+            m=m,
+            d=d,
+            holdout=float(row.holdout),
+            config=row.config,
+            limits=policy.Limits.from_settings(settings),
         )
-
-    config = None
-    if method == "lipschitz":
-        try:
-            config = lipcore.EstimatorConfig.from_dict(row.config or {})
-        except (ValueError, TypeError) as exc:
-            raise JobError("invalid_config", "Invalid estimator config", str(exc)) from None
-
-    exact: dict[str, Any] | None = None
-    if run_exact:
-        if d > 1:
-            import ot  # noqa: F401 - import POT before timing the solve (its import is slow)
-        te = time.perf_counter()
-        value = lipcore.exact_w1(x, y, data["a"], data["b"], max_pairs=settings.exact_max_pairs)
-        exact = {
-            "value": float(value),
-            "solver": "closed_form_1d" if d == 1 else "pot.emd2",
-            "seconds": time.perf_counter() - te,
-        }
+    except policy.PolicyError as exc:
+        raise JobError(exc.code, str(exc)) from None
+    exact = None
+    if chosen.run_exact:
+        exact = solve_exact(x, y, data["a"], data["b"], settings.exact_max_pairs)
         att.check_between_phases()
-
-    result: dict[str, Any] = {
-        "method": method,
-        "w1": None,
-        "lower_bound": None,
-        "lipschitz_constant": None,
-        "holdout": None,
-        "exact": exact,
-        "relative_gap": None,
-        "diagnostics": None,
-        "potential_center": None,
-        "device": "cpu",
-        "seconds": 0.0,
-        "steps": 0,
-        "config": None,
-    }
-    if method == "lipschitz":
-        device = _resolve_device(settings)
-        est = lipcore.estimate_w1(
+    fitted = None
+    if chosen.fits_potential:
+        fitted = lipcore.estimate_w1(
             x,
             y,
             data["a"],
             data["b"],
-            config=config,
+            config=chosen.config,
             holdout=float(row.holdout),
             seed=int(row.seed),
-            device=device,
+            device=settings.device,
             callback=att.callback,
         )
         att.check_between_phases()
-        center = potential_center(est, x, data["a"], y, data["b"])
         with blobs.temp_path(".safetensors") as tmp:
-            est.save(tmp)
+            fitted.save(tmp)
             blobs.put_file(tmp, blobs.potential_path(row.id))
         if not att.history:
-            att.history = [[int(s), float(o)] for s, o in est.history]
-        result.update(lipschitz_fields(est, center, exact))
-    else:
-        assert exact is not None
-        result["w1"] = exact["value"]
-    result["seconds"] = time.perf_counter() - t0
-    return result
+            att.history = [[int(s), float(o)] for s, o in fitted.history]
+    return policy.result(chosen, exact=exact, fitted=fitted, seconds=time.perf_counter() - t0)
+
+
+def solve_exact(
+    x: np.ndarray, y: np.ndarray, a: np.ndarray | None, b: np.ndarray | None, max_pairs: int
+) -> dict[str, Any]:
+    """The result's ``exact`` member: POT (or the 1-D closed form), timed."""
+    if x.shape[1] > 1:
+        import ot  # noqa: F401 - import POT before timing the solve (its import is slow)
+    t0 = time.perf_counter()
+    value = lipcore.exact_w1(x, y, a, b, max_pairs=max_pairs)
+    return policy.exact_field(value, x.shape[1], time.perf_counter() - t0)
 
 
 def _non_finite(value: Any, path: str = "result") -> str | None:
@@ -419,24 +297,22 @@ def _non_finite(value: Any, path: str = "result") -> str | None:
 
 def _classify(exc: BaseException) -> JobError:
     """An exception from lipcore or the runner as a clear ``{type, title, detail}``."""
-    import lipcore
-
     if isinstance(exc, JobError):
         return exc
     if isinstance(exc, lipcore.ExactTooLarge):
-        return JobError("exact_too_large", "The exact solve is too large", str(exc))
+        return JobError("exact_too_large", str(exc))
     if isinstance(exc, lipcore.ExactNotConverged):
-        return JobError("exact_not_converged", "The exact solver did not converge", str(exc))
+        return JobError("exact_not_converged", str(exc))
     if isinstance(exc, FloatingPointError):
-        return JobError("diverged", "Training diverged", str(exc))
+        return JobError("diverged", str(exc))
     if isinstance(exc, ValueError):
-        return JobError("invalid_input", "Invalid input for the estimator", str(exc))
+        return JobError("invalid_input", str(exc))
     if isinstance(exc, MemoryError):
-        return JobError("out_of_memory", "The job ran out of memory", str(exc) or "MemoryError")
+        return JobError("out_of_memory", str(exc) or "MemoryError")
     name = type(exc).__name__
     if "OutOfMemory" in name:
-        return JobError("out_of_memory", "The job ran out of memory", str(exc))
-    return JobError("internal", "The job failed unexpectedly", f"{name}: {exc}")
+        return JobError("out_of_memory", str(exc))
+    return JobError("internal", f"{name}: {exc}")
 
 
 def preload() -> None:
@@ -445,10 +321,7 @@ def preload() -> None:
     initialisation in torch and its BLAS), on a tiny problem on the CPU (no CUDA context is
     created for a process that may wait long). A failure here only loses the head start."""
     try:
-        import numpy as np
-        import ot  # noqa: F401
-
-        import lipcore
+        import ot  # noqa: F401 - POT's import takes seconds; a job solving exactly needs it
 
         g = np.random.default_rng(0)
         x, y = g.normal(size=(16, 2)), g.normal(size=(16, 2)) + 1.0
@@ -471,8 +344,6 @@ def run_job(
     ``db`` and ``blobs`` may be passed by a long-lived worker to reuse its connections; by
     default they are built from ``settings`` (and the engine disposed at the end).
     """
-    import lipcore  # noqa: F401 - import torch before claiming: a slow import must not eat the lease
-
     own_db = db is None
     db = db or Database(settings.resolved_database_url)
     blobs = blobs or BlobStore(settings.data_dir / "blobs")
@@ -489,8 +360,6 @@ def run_job(
 
 
 def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs.Claim) -> None:
-    import lipcore
-
     att = _Attempt(settings, db, claim)
     extra = att.extra
     log.info("job started", extra=extra)
@@ -504,9 +373,7 @@ def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs
             bad = _non_finite(result)
             if bad:
                 raise JobError(
-                    "non_finite",
-                    "The estimate is not a finite number",
-                    f"{bad} is not finite; check the inputs' scale or lower config.lr",
+                    "non_finite", f"{bad} is not finite; check the inputs' scale or lower config.lr"
                 )
         except lipcore.Cancelled:
             if att.flags.lost:
@@ -531,7 +398,7 @@ def _run_claimed(settings: Settings, db: Database, blobs: BlobStore, claim: jobs
             written = att.finish(JobStatus.succeeded, result=result)
         except Exception as exc:
             log.exception("writing the result failed", extra=extra)
-            err = JobError("internal", "The result could not be stored", f"{type(exc).__name__}")
+            err = JobError("internal", f"the result could not be stored: {type(exc).__name__}")
             try:
                 att.finish(JobStatus.failed, error=err.to_dict())
             except Exception:

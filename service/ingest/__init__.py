@@ -14,9 +14,6 @@ from pathlib import Path
 
 from service.ingest import arrow, csv, jsonfmt, npy
 from service.ingest.base import (
-    INVALID,
-    TOO_LARGE,
-    UNSUPPORTED,
     Ingested,
     IngestError,
     Limits,
@@ -30,9 +27,6 @@ from service.ingest.base import (
 
 __all__ = [
     "FORMATS",
-    "INVALID",
-    "TOO_LARGE",
-    "UNSUPPORTED",
     "Format",
     "IngestError",
     "Ingested",

@@ -19,9 +19,7 @@ from typing import Any
 
 import numpy as np
 
-INVALID = "/problems/invalid-upload"
-TOO_LARGE = "/problems/upload-too-large"
-UNSUPPORTED = "/problems/unsupported-media-type"
+from service.problems import lookup
 
 #: Rows are read, checked, hashed and written in chunks of about this many bytes.
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -30,29 +28,43 @@ NUMPY_HEADER_LIMIT = 10_000
 
 
 class IngestError(ValueError):
-    """An upload that cannot become a dataset; carries the HTTP status and problem type."""
+    """An upload that cannot become a dataset, with its problem code (service.problems)."""
 
-    def __init__(self, status: int, type: str, title: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
-        self.status = status
-        self.type = type
-        self.title = title
+        self.kind = lookup(code)
         self.detail = detail
+
+    @property
+    def code(self) -> str:
+        return self.kind.code
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
+
+    @property
+    def type(self) -> str:
+        return self.kind.type
+
+    @property
+    def title(self) -> str:
+        return self.kind.title
 
 
 def invalid(detail: str) -> IngestError:
     """A 422: the body is not a valid dataset (malformed, wrong dtype, NaN, bad weights...)."""
-    return IngestError(422, INVALID, "Invalid upload", detail)
+    return IngestError("invalid-upload", detail)
 
 
 def too_large(detail: str) -> IngestError:
     """A 413: the body or the array is beyond a configured limit."""
-    return IngestError(413, TOO_LARGE, "Upload too large", detail)
+    return IngestError("upload-too-large", detail)
 
 
 def unsupported(detail: str) -> IngestError:
     """A 415: a Content-Type that no format reads."""
-    return IngestError(415, UNSUPPORTED, "Unsupported media type", detail)
+    return IngestError("unsupported-media-type", detail)
 
 
 @dataclass(frozen=True)
