@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from service.api import datasets, errors, estimates, ops, reports
 from service.api.limits import BodyLimitMiddleware
+from service.api.pages import declare_page_limit
 from service.blobs import BlobStore
 from service.executors import make_executor
 from service.executors.base import Executor
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         version="1",
         summary="Certified Wasserstein-1 distances from 1-Lipschitz neural potentials.",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationId: the function
     )
     app.state.settings = settings
     app.state.db = db
@@ -57,4 +59,5 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.include_router(datasets.router)
     app.include_router(estimates.router)
     app.include_router(reports.router)
+    declare_page_limit(app, settings.max_page_size)
     return app

@@ -136,7 +136,9 @@ class Settings(BaseSettings):
     max_dataset_name_chars: int = Field(
         200, ge=1, le=200, description="Longest ?name= of a dataset (the column holds 200)."
     )
-    max_page_size: int = Field(1000, ge=1, description="Most items one list page may ask for.")
+    max_page_size: int = Field(
+        1000, ge=1, le=100_000, description="Most items one list page may ask for."
+    )
     blob_tmp_max_age_s: float = Field(
         6 * 3600.0, gt=0, description="Temporary blob files older than this are swept at start."
     )

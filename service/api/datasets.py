@@ -16,7 +16,6 @@ import errno
 import functools
 import logging
 import os
-import secrets
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,26 +23,22 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from service import datasets as service
 from service import ingest
-from service.api import errors
+from service.api import errors, links
 from service.api.deps import BlobsDep, DbDep, SettingsDep
-from service.api.errors import ProblemError
-from service.api.pagination import page
-from service.blobs import BlobStore
-from service.ingest.npy import NpyDigest
+from service.api.pages import Page, PageQuery
 from service.ingest.stream import UploadSink
+from service.problems import ProblemError
 from service.settings import Settings
-from service.store import Database, DatasetRow, EstimateRow, JobStatus
+from service.store import DatasetRow
+from service.store import datasets as rows
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 log = logging.getLogger("lipwass.api.datasets")
-
-ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 
 
 class Dataset(BaseModel):
@@ -60,14 +55,8 @@ class Dataset(BaseModel):
     created_at: datetime
 
 
-class DatasetList(BaseModel):
+class DatasetList(Page[Dataset]):
     """One page of datasets, newest first."""
-
-    items: list[Dataset]
-    total: int
-    limit: int
-    offset: int
-    next_offset: int | None = Field(description="Offset of the next page; null on the last one.")
 
 
 def to_model(row: DatasetRow) -> Dataset:
@@ -84,46 +73,6 @@ def to_model(row: DatasetRow) -> Dataset:
     )
 
 
-def _problem(e: ingest.IngestError) -> ProblemError:
-    return ProblemError(e.status, e.title, e.detail, type=e.type)
-
-
-def _not_found(dataset_id: str) -> ProblemError:
-    return ProblemError(
-        404,
-        "Dataset not found",
-        f"no dataset with id {dataset_id!r}",
-        type="/problems/dataset-not-found",
-    )
-
-
-def _limits(settings: Settings) -> ingest.Limits:
-    return ingest.Limits(
-        max_n=settings.max_n,
-        max_d=settings.max_d,
-        max_npy_header_bytes=settings.max_npy_header_bytes,
-    )
-
-
-def _check_name(name: str | None, settings: Settings) -> None:
-    if name is None:
-        return
-    if not name or len(name) > settings.max_dataset_name_chars:
-        raise ProblemError(
-            422,
-            "Invalid request",
-            f"name must be 1 to {settings.max_dataset_name_chars} characters, got {len(name)}",
-            type="/problems/validation",
-        )
-    if not name.isprintable():
-        raise ProblemError(
-            422,
-            "Invalid request",
-            "name must not hold control characters",
-            type="/problems/validation",
-        )
-
-
 def _body_limit(request: Request, fmt: ingest.Format, settings: Settings) -> int:
     """The byte limit of this body; 413 at once when Content-Length already says it is over."""
     limit = settings.max_body_bytes
@@ -138,14 +87,9 @@ def _body_limit(request: Request, fmt: ingest.Format, settings: Settings) -> int
         except ValueError:
             length = -1
         if length < 0:
-            raise ProblemError(
-                400,
-                "Bad request",
-                f"invalid Content-Length {declared[:40]!r}",
-                type="/problems/invalid-upload",
-            )
+            raise ProblemError("malformed-request", f"invalid Content-Length {declared[:40]!r}")
         if length > limit:
-            raise _problem(
+            raise service.problem(
                 ingest.too_large(f"the {what} is {length} bytes; the limit is {limit} bytes")
             )
     return limit
@@ -157,10 +101,10 @@ def _fail_early(sink: UploadSink, limit: int) -> None:
     if digest is None:
         return
     if digest.failure is not None:
-        raise _problem(digest.failure)
+        raise service.problem(digest.failure)
     if digest.announced is not None and digest.announced > limit:
         detail = f"the .npy header announces {digest.announced} bytes; the limit is {limit} bytes"
-        raise _problem(ingest.too_large(detail))
+        raise service.problem(ingest.too_large(detail))
 
 
 async def _receive(request: Request, sink: UploadSink, limit: int, fmt: ingest.Format) -> int:
@@ -168,7 +112,7 @@ async def _receive(request: Request, sink: UploadSink, limit: int, fmt: ingest.F
     try:
         async for chunk in request.stream():
             if sink.total + len(chunk) > limit:
-                raise _problem(
+                raise service.problem(
                     ingest.too_large(
                         f"the {fmt.name} upload is more than the limit of {limit} bytes"
                     )
@@ -179,10 +123,7 @@ async def _receive(request: Request, sink: UploadSink, limit: int, fmt: ingest.F
         _fail_early(sink, limit)
     except ClientDisconnect:
         raise ProblemError(
-            400,
-            "Bad request",
-            "the client disconnected during the upload",
-            type="/problems/invalid-upload",
+            "malformed-request", "the client disconnected during the upload"
         ) from None
     return sink.total
 
@@ -203,54 +144,6 @@ def _discard_later(path: Path) -> None:
     asyncio.get_running_loop().run_in_executor(None, functools.partial(doomed.unlink, True))
 
 
-def _by_sha(db: Database, sha256: str) -> DatasetRow | None:
-    with db.session() as s:
-        return s.execute(select(DatasetRow).where(DatasetRow.sha256 == sha256)).scalar_one_or_none()
-
-
-def _ingest_and_store(
-    body: Path,
-    fmt: ingest.Format,
-    settings: Settings,
-    db: Database,
-    blobs: BlobStore,
-    name: str | None,
-    digest: NpyDigest | None = None,
-) -> tuple[DatasetRow, bool]:
-    """Validate and canonicalise the body, store it unless known: (row, created)."""
-    with blobs.temp_path(".npy") as out:
-        try:
-            ds = ingest.ingest(body, fmt, _limits(settings), out, digest)
-        except ingest.IngestError as e:
-            raise _problem(e) from None
-        existing = _by_sha(db, ds.sha256)
-        if existing is not None:
-            if not blobs.has_dataset(ds.sha256):  # repair a blob lost outside the service
-                blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
-            return existing, False
-        blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
-        row = DatasetRow(
-            id="ds_" + secrets.token_hex(12),
-            name=name,
-            n=ds.n,
-            d=ds.d,
-            dtype=ds.dtype,
-            weighted=ds.weights is not None,
-            sha256=ds.sha256,
-            bytes=ds.bytes,
-        )
-        try:
-            with db.session() as s:
-                s.add(row)
-        except IntegrityError:
-            # The same data was uploaded concurrently and its row won the unique sha256.
-            existing = _by_sha(db, ds.sha256)
-            if existing is None:
-                raise
-            return existing, False
-        return row, True
-
-
 _BODY = {"type": "string", "format": "binary"}
 _UPLOAD_BODY = {
     "requestBody": {
@@ -260,7 +153,10 @@ _UPLOAD_BODY = {
             "application/octet-stream": {"schema": _BODY},
             "application/x-npy": {"schema": _BODY},
             "application/vnd.apache.arrow.stream": {"schema": _BODY},
-            "text/csv": {"schema": {"type": "string"}},
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "u,v\n0.5,1.0\n1.5,-2.0\n",
+            },
             "application/json": {
                 "schema": {
                     "type": "object",
@@ -268,12 +164,23 @@ _UPLOAD_BODY = {
                     "properties": {
                         "samples": {
                             "type": "array",
-                            "items": {"type": "array", "items": {"type": "number"}},
+                            "minItems": 1,
+                            "description": "n rows of d numbers each (every row the same d).",
+                            "items": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"type": "number"},
+                            },
                         },
-                        "weights": {"type": "array", "items": {"type": "number"}},
+                        "weights": {
+                            "type": "array",
+                            "description": "n non-negative weights with a positive sum.",
+                            "items": {"type": "number", "minimum": 0},
+                        },
                     },
                     "additionalProperties": False,
-                }
+                },
+                "example": {"samples": [[0.0, 1.0], [2.0, 3.5], [-1.0, 0.25]]},
             },
         },
     }
@@ -298,8 +205,13 @@ _UPLOAD_BODY = {
         201: {
             "description": "Created.",
             "headers": {"Location": {"schema": {"type": "string"}}},
+            "links": links.DATASET_LINKS,
         },
-        200: {"model": Dataset, "description": "The same data was uploaded before."},
+        200: {
+            "model": Dataset,
+            "description": "The same data was uploaded before.",
+            "links": links.DATASET_LINKS,
+        },
         **errors.responses(400, 413, 415, 422, 507),
     },
     openapi_extra=_UPLOAD_BODY,
@@ -317,17 +229,17 @@ async def create_dataset(
     try:
         fmt = ingest.format_for(request.headers.get("content-type"))
     except ingest.IngestError as e:
-        raise _problem(e) from None
+        raise service.problem(e) from None
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise _problem(
+        raise service.problem(
             ingest.unsupported(
                 f"Content-Encoding {encoding[:40]!r} is not accepted: send the body uncompressed"
             )
         )
-    _check_name(name, settings)
+    service.check_name(name, settings)
     limit = _body_limit(request, fmt, settings)
-    limits = _limits(settings)
+    limits = service.limits(settings)
     t0 = time.perf_counter()
     try:
         with blobs.temp_path(f".{fmt.name}") as body:
@@ -335,10 +247,10 @@ async def create_dataset(
                 async with UploadSink(body, limits, digest=fmt.name == "npy") as sink:
                     total = await _receive(request, sink, limit, fmt)
                 if total == 0:
-                    raise _problem(ingest.invalid("the body is empty"))
+                    raise service.problem(ingest.invalid("the body is empty"))
                 t1 = time.perf_counter()
                 row, created = await run_in_threadpool(
-                    _ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
+                    service.ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
                 )
             finally:
                 _discard_later(body)
@@ -347,10 +259,8 @@ async def create_dataset(
             raise
         log.error("dataset upload: the blob volume is full (%s)", e)
         raise ProblemError(
-            507,
-            "Insufficient storage",
+            "insufficient-storage",
             "the server's dataset storage is full; try again later or delete datasets",
-            type="/problems/insufficient-storage",
         ) from None
     t2 = time.perf_counter()
     log.info(
@@ -377,9 +287,7 @@ async def create_dataset(
 )
 def list_datasets(
     db: DbDep,
-    settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    paging: PageQuery,
     name: Annotated[
         str | None, Query(max_length=200, description="Only datasets with exactly this name.")
     ] = None,
@@ -391,22 +299,8 @@ def list_datasets(
         ),
     ] = None,
 ) -> DatasetList:
-    if limit > settings.max_page_size:
-        raise ProblemError(
-            422,
-            "Invalid request",
-            f"limit {limit} is over this server's page size limit of {settings.max_page_size}",
-            type="/problems/validation",
-        )
-    where = []
-    if name is not None:
-        where.append(DatasetRow.name == name)
-    if sha256 is not None:
-        where.append(DatasetRow.sha256 == sha256)
-    rows, total, nxt = page(db, DatasetRow, where, limit, offset)
-    return DatasetList(
-        items=[to_model(r) for r in rows], total=total, limit=limit, offset=offset, next_offset=nxt
-    )
+    got = rows.list_page(db, paging.limit, paging.offset, name=name, sha256=sha256)
+    return DatasetList.of(got, paging, to_model)
 
 
 @router.get(
@@ -416,11 +310,7 @@ def list_datasets(
     responses=errors.responses(404, 422),
 )
 def get_dataset(dataset_id: str, db: DbDep) -> Dataset:
-    with db.session() as s:
-        row = s.get(DatasetRow, dataset_id)
-    if row is None:
-        raise _not_found(dataset_id)
-    return to_model(row)
+    return to_model(service.get(db, dataset_id))
 
 
 @router.delete(
@@ -434,41 +324,5 @@ def get_dataset(dataset_id: str, db: DbDep) -> Dataset:
     responses={204: {"description": "Deleted."}, **errors.responses(404, 409, 422)},
 )
 def delete_dataset(dataset_id: str, db: DbDep, blobs: BlobsDep) -> Response:
-    uses = (EstimateRow.source_id == dataset_id) | (EstimateRow.target_id == dataset_id)
-    try:
-        with db.session() as s:
-            row = s.get(DatasetRow, dataset_id)
-            if row is None:
-                raise _not_found(dataset_id)
-            users = s.execute(select(EstimateRow.id, EstimateRow.status).where(uses)).all()
-            active = [i for i, st in users if st in ACTIVE]
-            if active:
-                raise ProblemError(
-                    409,
-                    "Dataset in use",
-                    f"dataset {dataset_id} is used by {len(active)} queued or running "
-                    f"estimate(s): {', '.join(active[:10])}; cancel them or wait",
-                    type="/problems/dataset-in-use",
-                )
-            if users:
-                ids = [i for i, _ in users]
-                raise ProblemError(
-                    409,
-                    "Dataset in use",
-                    f"dataset {dataset_id} is referred to by {len(ids)} finished estimate(s): "
-                    f"{', '.join(ids[:10])}; delete them first",
-                    type="/problems/dataset-in-use",
-                )
-            sha = row.sha256
-            s.delete(row)
-    except IntegrityError:
-        # An estimate referring to it was created between the check and the delete.
-        raise ProblemError(
-            409,
-            "Dataset in use",
-            f"dataset {dataset_id} was just taken by a new estimate",
-            type="/problems/dataset-in-use",
-        ) from None
-    if _by_sha(db, sha) is None:  # sha256 is unique: no other row points at these blobs
-        blobs.delete_dataset(sha)
+    service.delete(db, blobs, dataset_id)
     return Response(status_code=204)

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.pages import Page
+
 Method = Literal["auto", "lipschitz", "exact"]
 Crosscheck = Literal["auto", "always", "never"]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -151,14 +153,8 @@ class Estimate(BaseModel):
     finished_at: datetime | None = None
 
 
-class EstimateList(BaseModel):
+class EstimateList(Page[Estimate]):
     """One page of estimates, newest first."""
-
-    items: list[Estimate]
-    total: int = Field(description="Estimates matching the filter.")
-    limit: int
-    offset: int
-    next_offset: int | None = Field(None, description="Offset of the next page; null at the end.")
 
 
 class EvaluateRequest(BaseModel):

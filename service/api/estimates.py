@@ -6,13 +6,9 @@ the job row the worker keeps up to date. The result dict is the runner's (DESIGN
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -20,14 +16,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-import lipcore
-from service.api import errors
+from service import estimates as service
+from service.api import errors, links
 from service.api.deps import BlobsDep, DbDep, ExecutorDep, SettingsDep
-from service.api.errors import ProblemError
 from service.api.estimate_models import (
     FINISHED,
     Estimate,
@@ -37,12 +30,11 @@ from service.api.estimate_models import (
     EvaluateResponse,
     Status,
 )
-from service.api.pagination import page
-from service.blobs import BlobStore
+from service.api.pages import PageQuery
 from service.potentials import PotentialCache, evaluate
-from service.settings import Settings
-from service.store import Database, DatasetRow, EstimateRow
-from service.store import jobs as store_jobs
+from service.problems import ProblemError, invalid_field
+from service.store import EstimateRow
+from service.store import estimates as rows
 
 router = APIRouter(prefix="/v1/estimates", tags=["estimates"])
 log = logging.getLogger("lipwass.api.estimates")
@@ -84,26 +76,9 @@ def to_model(row: EstimateRow) -> Estimate:
     )
 
 
-def load_row(db: Database, estimate_id: str) -> EstimateRow | None:
-    with db.session() as s:
-        return s.get(EstimateRow, estimate_id)
-
-
-def not_found(estimate_id: str) -> ProblemError:
-    return ProblemError(
-        404,
-        "Estimate not found",
-        f"No estimate with id {estimate_id!r}.",
-        type="/problems/estimate-not-found",
-    )
-
-
 def existing_row(estimate_id: str, db: DbDep) -> EstimateRow:
     """The job row of the path's id, or a 404 problem (checked before any streaming starts)."""
-    row = load_row(db, estimate_id)
-    if row is None:
-        raise not_found(estimate_id)
-    return row
+    return service.get(db, estimate_id)
 
 
 ExistingRow = Annotated[EstimateRow, Depends(existing_row)]
@@ -111,21 +86,6 @@ ExistingRow = Annotated[EstimateRow, Depends(existing_row)]
 
 def status_headers(row: EstimateRow, retry_after_s: int) -> dict[str, str]:
     return {} if row.status in FINISHED else {"Retry-After": str(retry_after_s)}
-
-
-def invalid(field: str, msg: str, title: str = "Invalid estimate request") -> ProblemError:
-    """A 422 problem naming the offending body field."""
-    return ProblemError(
-        422,
-        title,
-        f"{field}: {msg}",
-        type="/problems/validation",
-        errors=[{"loc": ["body", *field.split(".")], "msg": msg, "type": "value_error"}],
-    )
-
-
-def conflict(title: str, detail: str, kind: str) -> ProblemError:
-    return ProblemError(409, title, detail, type=f"/problems/{kind}")
 
 
 def get_potential_cache(request: Request, settings: SettingsDep) -> PotentialCache:
@@ -138,104 +98,6 @@ def get_potential_cache(request: Request, settings: SettingsDep) -> PotentialCac
 
 
 PotentialCacheDep = Annotated[PotentialCache, Depends(get_potential_cache)]
-
-
-# -- validation of a submission ------------------------------------------------------------------
-CONFIG_LIMITS = {
-    "steps": "max_steps",
-    "width": "max_width",
-    "depth": "max_depth",
-    "batch_size": "max_batch_size",
-    "ortho_iters": "max_ortho_iters",
-    "reproject_iters": "max_ortho_iters",
-    "eval_chunk": "max_eval_chunk",
-    "grad_samples": "max_eval_chunk",
-}
-
-
-def normalise(req: EstimateRequest, settings: Settings) -> dict[str, Any]:
-    """The request's canonical form (hashable), its config checked against the limits."""
-    try:
-        config = lipcore.EstimatorConfig.from_dict(req.config)
-    except (ValueError, TypeError) as exc:
-        msg = str(exc)
-        name = msg.split(":", 1)[0].removeprefix("config.") if msg.startswith("config") else ""
-        raise invalid(f"config.{name}" if name and name != "config" else "config", msg) from exc
-    for field, limit_name in CONFIG_LIMITS.items():
-        value, limit = getattr(config, field), getattr(settings, limit_name)
-        if value > limit:
-            default = "" if field in req.config else " (the default; set a smaller one)"
-            raise invalid(
-                f"config.{field}", f"{value}{default} exceeds this server's limit of {limit}"
-            )
-    return {
-        "source": req.source,
-        "target": req.target,
-        "method": req.method,
-        "crosscheck": req.crosscheck,
-        "holdout": float(req.holdout),
-        "seed": int(req.seed),
-        "config": config.to_dict(),
-    }
-
-
-def check_datasets(req: EstimateRequest, db: Database, settings: Settings) -> None:
-    """Both datasets exist, share d, and fit the request (exact size limit, held-out split)."""
-    with db.session() as s:
-        src = s.get(DatasetRow, req.source)
-        tgt = s.get(DatasetRow, req.target)
-    if src is None:
-        raise invalid("source", f"no dataset with id {req.source!r}", "Unknown dataset")
-    if tgt is None:
-        raise invalid("target", f"no dataset with id {req.target!r}", "Unknown dataset")
-    if src.d != tgt.d:
-        raise invalid(
-            "target",
-            f"dimension {tgt.d} differs from the source's {src.d}; both sets need the same d",
-            "Dimension mismatch",
-        )
-    pairs = src.n * tgt.n
-    too_large = src.d > 1 and pairs > settings.exact_max_pairs  # d = 1: closed form, any size
-    if req.method == "exact" and too_large:
-        raise invalid(
-            "method",
-            f"exact needs n*m = {pairs} cost entries, over this server's limit of "
-            f"{settings.exact_max_pairs}; use method lipschitz or auto",
-        )
-    if req.method != "exact" and req.crosscheck == "always" and too_large:
-        raise invalid(
-            "crosscheck",
-            f"the exact cross-check needs n*m = {pairs} cost entries, over this server's limit "
-            f"of {settings.exact_max_pairs}; use crosscheck auto or never",
-        )
-    runs_exact_only = req.method == "exact" or (req.method == "auto" and not too_large)
-    if req.holdout > 0 and not runs_exact_only:
-        for name, n in (("source", src.n), ("target", tgt.n)):
-            held = int(round(req.holdout * n))
-            if n - held < 1:
-                raise invalid(
-                    "holdout",
-                    f"holding out {req.holdout} of the {name}'s {n} samples leaves none to train "
-                    "on; lower it (0 disables the held-out estimate)",
-                )
-
-
-def request_hash(canonical: dict[str, Any]) -> str:
-    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def replay(db: Database, key: str, digest: str) -> EstimateRow | None:
-    """The job an earlier request with ``key`` created, or 409 if that request differed."""
-    with db.session() as s:
-        row = s.execute(select(EstimateRow).where(EstimateRow.idempotency_key == key)).scalar()
-    if row is not None and row.request_hash != digest:
-        raise conflict(
-            "Idempotency-Key reused",
-            f"The key {key!r} was used for a different request (job {row.id}); use a new key.",
-            "idempotency-conflict",
-        )
-    return row
 
 
 # -- routes ----------------------------------------------------------------------------------------
@@ -253,11 +115,12 @@ def replay(db: Database, key: str, digest: str) -> EstimateRow | None:
                 "Retry-After": {"schema": {"type": "integer"}},
                 "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}},
             },
+            "links": links.ESTIMATE_LINKS,
         },
-        **errors.responses(409, 422),
+        **errors.responses(400, 409, 413, 422),
     },
 )
-def submit(
+def submit_estimate(
     req: EstimateRequest,
     response: Response,
     db: DbDep,
@@ -265,47 +128,9 @@ def submit(
     executor: ExecutorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Estimate:
-    canonical = normalise(req, settings)
-    digest = request_hash(canonical)
-    # A replay answers with the original job even if its datasets have been deleted since.
-    row = replay(db, idempotency_key, digest) if idempotency_key else None
-    created = False
-    if row is None:
-        check_datasets(req, db, settings)
-        row = EstimateRow(
-            id="est_" + secrets.token_hex(12),
-            status="queued",
-            source_id=canonical["source"],
-            target_id=canonical["target"],
-            method=canonical["method"],
-            crosscheck=canonical["crosscheck"],
-            holdout=canonical["holdout"],
-            seed=canonical["seed"],
-            config=canonical["config"],
-            request_hash=digest,
-            idempotency_key=idempotency_key,
-            attempt=0,
-            cancel_requested=False,
-        )
-        try:
-            with db.session() as s:
-                s.add(row)
-            created = True
-        except IntegrityError:
-            # Another request with the same key won the insert, or a dataset was just deleted.
-            row = replay(db, idempotency_key, digest) if idempotency_key else None
-            if row is None:
-                check_datasets(req, db, settings)
-                raise
-    if created:
-        log.info("estimate queued", extra={"job_id": row.id, "method": row.method})
-        try:
-            executor.submit(row.id)
-        except Exception:  # the row is durable: the reaper re-dispatches queued jobs
-            log.exception("executor.submit failed; the job stays queued", extra={"job_id": row.id})
-    else:
+    row, created = service.submit(req, db, settings, executor, idempotency_key)
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
-        row = load_row(db, row.id) or row
     response.headers["Location"] = f"{PREFIX}/{row.id}"
     response.headers.update(status_headers(row, settings.estimate_retry_after_s))
     return to_model(row)
@@ -319,23 +144,14 @@ def submit(
 )
 def list_estimates(
     db: DbDep,
-    settings: SettingsDep,
+    paging: PageQuery,
     status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None,
     dataset: Annotated[
         str | None, Query(max_length=40, description="Only jobs using this dataset (either side).")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> EstimateList:
-    where = []
-    if status is not None:
-        where.append(EstimateRow.status == status)
-    if dataset is not None:
-        where.append((EstimateRow.source_id == dataset) | (EstimateRow.target_id == dataset))
-    rows, total, nxt = page(db, EstimateRow, where, limit, offset)
-    return EstimateList(
-        items=[to_model(r) for r in rows], total=total, limit=limit, offset=offset, next_offset=nxt
-    )
+    got = rows.list_page(db, paging.limit, paging.offset, status=status, dataset=dataset)
+    return EstimateList.of(got, paging, to_model)
 
 
 @router.get(
@@ -355,11 +171,11 @@ async def get_estimate(estimate_id: str, db: DbDep, settings: SettingsDep) -> Re
     # ~0.2-0.5 ms, less than the thread-pool hop FastAPI would wrap around a sync route (measured:
     # 500 against 195 requests/s in-process); a networked database is still read off the loop.
     if db.local:
-        row = load_row(db, estimate_id)
+        row = rows.get(db, estimate_id)
     else:
-        row = await run_in_threadpool(load_row, db, estimate_id)
+        row = await run_in_threadpool(rows.get, db, estimate_id)
     if row is None:
-        raise not_found(estimate_id)
+        raise service.not_found(estimate_id)
     return Response(
         to_model(row).model_dump_json(),
         media_type="application/json",
@@ -381,7 +197,7 @@ def _final_event(row: EstimateRow) -> ServerSentEvent:
     "the estimate, and the stream ends. A finished job gives its final event at once.",
     responses=errors.responses(404),
 )
-async def events(
+async def estimate_events(
     row: ExistingRow, request: Request, db: DbDep, settings: SettingsDep
 ) -> AsyncIterator[ServerSentEvent]:
     deadline = time.monotonic() + settings.job_timeout_s
@@ -401,7 +217,7 @@ async def events(
             yield ServerSentEvent(comment="stream time limit reached; reconnect to follow on")
             return
         await anyio.sleep(settings.events_poll_s)
-        fresh = await anyio.to_thread.run_sync(load_row, db, estimate_id)
+        fresh = await anyio.to_thread.run_sync(rows.get, db, estimate_id)
         if fresh is None:  # deleted meanwhile
             yield ServerSentEvent(
                 event="error",
@@ -420,28 +236,10 @@ async def events(
     "two (its worker checks the flag).",
     responses=errors.responses(404, 409),
 )
-def cancel(row: ExistingRow, db: DbDep, executor: ExecutorDep, response: Response) -> Estimate:
-    if row.status in FINISHED:
-        raise conflict(
-            "Estimate already finished",
-            f"Estimate {row.id} is {row.status}; only queued or running jobs can be cancelled.",
-            "estimate-finished",
-        )
-    after = store_jobs.request_cancel(db, row.id)
-    if after is None:
-        raise not_found(row.id)
-    if after in ("succeeded", "failed"):
-        raise conflict(
-            "Estimate already finished",
-            f"Estimate {row.id} {after} before the cancel arrived.",
-            "estimate-finished",
-        )
-    try:
-        executor.cancel(row.id)
-    except Exception:  # the store's flag is what counts; the nudge is best effort
-        log.exception("executor.cancel failed", extra={"job_id": row.id})
-    log.info("estimate cancel requested", extra={"job_id": row.id, "status": after})
-    fresh = load_row(db, row.id) or row
+def cancel_estimate(
+    row: ExistingRow, db: DbDep, executor: ExecutorDep, response: Response
+) -> Estimate:
+    fresh = service.cancel(row, db, executor)
     response.headers["Location"] = f"{PREFIX}/{row.id}"
     return to_model(fresh)
 
@@ -455,52 +253,8 @@ def cancel(row: ExistingRow, db: DbDep, executor: ExecutorDep, response: Respons
 def delete_estimate(
     row: ExistingRow, db: DbDep, blobs: BlobsDep, cache: PotentialCacheDep
 ) -> Response:
-    with db.session() as s:
-        res = s.execute(
-            delete(EstimateRow)
-            .where(EstimateRow.id == row.id, EstimateRow.status.in_(sorted(FINISHED)))
-            .execution_options(synchronize_session=False)
-        )
-    if res.rowcount != 1:
-        now = load_row(db, row.id)
-        if now is None:
-            raise not_found(row.id)
-        raise conflict(
-            "Estimate still active",
-            f"Estimate {row.id} is {now.status}; cancel it first, then delete it.",
-            "estimate-active",
-        )
-    path = blobs.potential_path(row.id)
-    cache.forget(path)
-    blobs.delete_potential(row.id)
-    log.info("estimate deleted", extra={"job_id": row.id})
+    service.forget(row, db, blobs, cache)
     return Response(status_code=204)
-
-
-def _potential_path(row: EstimateRow, blobs: BlobStore, settings: Settings) -> Path:
-    """The potential file of a succeeded lipschitz job, else a 409 (not yet) or 404 (none)."""
-    if row.status not in FINISHED:
-        raise ProblemError(
-            409,
-            "Estimate not finished",
-            f"Estimate {row.id} is {row.status}; its potential exists once it succeeded.",
-            type="/problems/estimate-not-finished",
-            headers={"Retry-After": str(settings.estimate_retry_after_s)},
-        )
-    path = blobs.potential_path(row.id)
-    if row.status != "succeeded" or not path.exists():
-        why = (
-            f"it {row.status}"
-            if row.status != "succeeded"
-            else f"method {(row.result or {}).get('method', row.method)!r} fits no potential"
-        )
-        raise ProblemError(
-            404,
-            "No potential",
-            f"Estimate {row.id} has no potential: {why}.",
-            type="/problems/no-potential",
-        )
-    return path
 
 
 @router.get(
@@ -518,7 +272,7 @@ def _potential_path(row: EstimateRow, blobs: BlobStore, settings: Settings) -> P
     },
 )
 def download_potential(row: ExistingRow, blobs: BlobsDep, settings: SettingsDep) -> FileResponse:
-    path = _potential_path(row, blobs, settings)
+    path = service.potential_path(row, blobs, settings)
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"{row.id}.safetensors"
     )
@@ -529,7 +283,7 @@ def download_potential(row: ExistingRow, blobs: BlobsDep, settings: SettingsDep)
     response_model=EvaluateResponse,
     response_model_exclude_none=True,
     summary="Evaluate the centred potential g = (f - c) / L (and its gradient)",
-    responses=errors.responses(404, 409, 422),
+    responses=errors.responses(400, 404, 409, 413, 422),
 )
 def evaluate_potential(
     row: ExistingRow,
@@ -540,27 +294,24 @@ def evaluate_potential(
 ) -> EvaluateResponse:
     k = len(body.points)
     if k > settings.max_evaluate_points:
-        raise invalid(
+        raise invalid_field(
             "points",
             f"{k} points exceed this server's limit of {settings.max_evaluate_points} per call",
-            "Too many points",
         )
-    path = _potential_path(row, blobs, settings)
+    path = service.potential_path(row, blobs, settings)
     result = row.result or {}
     center, lip = result.get("potential_center"), result.get("lipschitz_constant")
     if center is None or not lip:
-        raise ProblemError(
-            404, "No potential", f"Estimate {row.id} has no certified potential to evaluate."
-        )
+        raise ProblemError("no-potential", f"Estimate {row.id} has no certified potential.")
     model = cache.get(path)
     d = next(m.in_features for m in model.modules() if hasattr(m, "in_features"))
     for i, p in enumerate(body.points):
         if len(p) != d:
-            raise invalid(f"points.{i}", f"has length {len(p)}; the potential takes d = {d}")
+            raise invalid_field(f"points.{i}", f"has length {len(p)}; the potential takes d = {d}")
     pts = np.asarray(body.points, dtype=np.float64).reshape(k, d)
     bad = ~np.isfinite(pts).all(axis=1)
     if bad.any():
-        raise invalid(f"points.{int(np.argmax(bad))}", "contains a non-finite value")
+        raise invalid_field(f"points.{int(np.argmax(bad))}", "contains a non-finite value")
     values, grads = evaluate(model, pts, float(center), float(lip), body.gradient)
     return EvaluateResponse(
         values=values.tolist(), gradients=None if grads is None else grads.tolist()

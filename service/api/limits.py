@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import Problem, problem_response
+from service.api.errors import problem_of, problem_response
 
 UPLOAD_PATH = "/v1/datasets"
 
@@ -51,11 +51,9 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
-            Problem(
-                type="/problems/body-too-large",
-                title="Request body too large",
-                status=413,
-                detail=f"request bodies are limited to {self.limit} bytes (max_request_bytes)",
+            problem_of(
+                "body-too-large",
+                f"request bodies are limited to {self.limit} bytes (max_request_bytes)",
             )
         )
         await response(scope, receive, send)

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api import errors
 from service.api.deps import BlobsDep, DbDep, ExecutorDep, SettingsDep
 from service.metrics import CONTENT_TYPE, Metrics
+from service.problems import ProblemError
 
 router = APIRouter(tags=["operations"])
 
@@ -57,11 +58,9 @@ async def readyz(db: DbDep, blobs: BlobsDep, executor: ExecutorDep, settings: Se
     )
     failed = {name: why for name, why in zip(checks, outcomes, strict=True) if why is not None}
     if failed:
-        raise errors.ProblemError(
-            503,
-            "Not ready",
+        raise ProblemError(
+            "not-ready",
             "; ".join(f"{name}: {why}" for name, why in failed.items()),
-            type="/problems/not-ready",
             headers={"Retry-After": "5"},
         )
     return Ready(checks={name: "ok" for name in checks})
@@ -80,6 +79,6 @@ async def metrics(request: Request) -> Response:
     """Requests, latencies and upload bytes of this process; jobs and datasets from the store."""
     registry: Metrics | None = getattr(request.app.state, "metrics", None)
     if registry is None:
-        raise errors.ProblemError(404, "Not found", "Metrics are not enabled in this app.")
+        raise ProblemError("not-found", "Metrics are not enabled in this app.")
     body = await run_in_threadpool(registry.render)
     return Response(body, media_type=CONTENT_TYPE)

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from service import report
 from service.api import errors
 from service.blobs import BlobStore
+from service.problems import ProblemError
 from service.settings import Settings
 from service.store import Database, DatasetRow, EstimateRow, JobStatus
 
@@ -63,7 +64,7 @@ def _load_row(
     with db.session() as s:
         row = s.get(EstimateRow, estimate_id)
         if row is None:
-            raise errors.ProblemError(404, "Not found", f"estimate {estimate_id} does not exist")
+            raise ProblemError("estimate-not-found", f"No estimate with id {estimate_id!r}.")
         src = s.get(DatasetRow, row.source_id)
         tgt = s.get(DatasetRow, row.target_id)
         s.expunge_all()
@@ -144,11 +145,9 @@ async def get_report(estimate_id: str, request: Request) -> Response:
     blobs: BlobStore = request.app.state.blobs
     row, src, tgt = await run_in_threadpool(_load_row, request.app.state.db, estimate_id)
     if not JobStatus(row.status).finished:
-        raise errors.ProblemError(
-            409,
-            "Estimate not finished",
+        raise ProblemError(
+            "estimate-not-finished",
             f"estimate {estimate_id} is {row.status}; the report exists once it has finished",
-            type="/problems/not-finished",
             headers={"Retry-After": "2"},
         )
     key = (row.id, str(row.finished_at))

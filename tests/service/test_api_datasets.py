@@ -359,18 +359,18 @@ def test_openapi_documents_every_response(api: TestClient) -> None:
 def test_concurrent_identical_upload_returns_the_row_that_won(
     api: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.api import datasets as routes
+    from service.store import datasets as rows
 
     body = {"samples": [[1.0, 2.0], [3.0, 4.0]]}
     first = api.post("/v1/datasets", json=body).json()
-    real = routes._by_sha
+    real = rows.by_sha
     calls = []
 
     def blind_once(db, sha256):  # the other upload's row is not visible yet at the first look
         calls.append(sha256)
         return None if len(calls) == 1 else real(db, sha256)
 
-    monkeypatch.setattr(routes, "_by_sha", blind_once)
+    monkeypatch.setattr(rows, "by_sha", blind_once)
     r = api.post("/v1/datasets", json=body)
     assert r.status_code == 200 and r.json()["id"] == first["id"]
     assert len(calls) == 2  # looked again after the unique sha256 refused the insert
@@ -417,8 +417,8 @@ def test_a_refused_npy_header_stops_the_upload_early(
 
     from service import ingest
     from service.api.datasets import _receive
-    from service.api.errors import ProblemError
     from service.ingest.stream import UploadSink
+    from service.problems import ProblemError
 
     head = npy(header_of)[: -header_of.nbytes]
     sent = []
@@ -438,9 +438,9 @@ def test_a_refused_npy_header_stops_the_upload_early(
 
     with pytest.raises(ProblemError) as e:
         asyncio.run(upload())
-    assert e.value.problem.status == 422 and e.value.problem.type == "/problems/invalid-upload"
+    assert e.value.status == 422 and e.value.kind.type == "/problems/invalid-upload"
     for w in words:
-        assert w in e.value.problem.detail.lower()
+        assert w in e.value.detail.lower()
     assert len(sent) < 100
 
 

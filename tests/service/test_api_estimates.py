@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 import lipcore
-from service.api import estimates as estimates_api
+from service import estimates as estimates_service
 from service.settings import Settings
 from service.store import EstimateRow
 
@@ -178,14 +178,14 @@ def test_idempotency_race_on_the_unique_key_returns_the_winner(api, recording, m
     src, tgt = pair(api)
     body = {"source": src, "target": tgt}
     winner = api.post("/v1/estimates", json=body, headers={"Idempotency-Key": "race"}).json()
-    real = estimates_api.replay
+    real = estimates_service.replay
     calls = []
 
     def blind_first(db, key, digest):  # the loser looked before the winner's insert landed
         calls.append(key)
         return None if len(calls) == 1 else real(db, key, digest)
 
-    monkeypatch.setattr(estimates_api, "replay", blind_first)
+    monkeypatch.setattr(estimates_service, "replay", blind_first)
     r = api.post("/v1/estimates", json=body, headers={"Idempotency-Key": "race"})
     assert r.status_code == 202 and r.json()["id"] == winner["id"]
     assert len(calls) == 2 and recording.submitted == [winner["id"]]
@@ -211,7 +211,7 @@ def test_list_filters_and_paginates_newest_first(api) -> None:
     assert [e["id"] for e in cancelled["items"]] == [ids[0]]
     assert api.get("/v1/estimates", params={"dataset": tgt}).json()["total"] == 3
     assert api.get("/v1/estimates", params={"dataset": "ds_none"}).json()["total"] == 0
-    for bad in ({"status": "done"}, {"limit": 501}, {"limit": 0}, {"offset": -1}):
+    for bad in ({"status": "done"}, {"limit": 1001}, {"limit": 0}, {"offset": -1}):
         r = api.get("/v1/estimates", params=bad)
         assert r.status_code == 422, bad
         assert r.headers["content-type"].startswith("application/problem+json")

@@ -1,0 +1,110 @@
+"""The dataset service: what the routes ask of datasets (store an upload once per content,
+read, delete when unused), between the HTTP layer and the store. Raises ProblemError."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from service import ingest
+from service.blobs import BlobStore
+from service.ingest.npy import NpyDigest
+from service.problems import ProblemError
+from service.settings import Settings
+from service.store import Database, DatasetRow
+from service.store import datasets as rows
+
+log = logging.getLogger("lipwass.datasets")
+
+
+def problem(e: ingest.IngestError) -> ProblemError:
+    """An upload reader's refusal as the catalogue's problem."""
+    return ProblemError(e.code, e.detail)
+
+
+def get(db: Database, dataset_id: str) -> DatasetRow:
+    """The dataset row, or a 404 problem."""
+    row = rows.get(db, dataset_id)
+    if row is None:
+        raise ProblemError("dataset-not-found", f"no dataset with id {dataset_id!r}")
+    return row
+
+
+def limits(settings: Settings) -> ingest.Limits:
+    return ingest.Limits(
+        max_n=settings.max_n,
+        max_d=settings.max_d,
+        max_npy_header_bytes=settings.max_npy_header_bytes,
+    )
+
+
+def check_name(name: str | None, settings: Settings) -> None:
+    """A dataset name is 1 to max_dataset_name_chars printable characters."""
+    if name is None:
+        return
+    if not name or len(name) > settings.max_dataset_name_chars:
+        raise ProblemError(
+            "validation",
+            f"name must be 1 to {settings.max_dataset_name_chars} characters, got {len(name)}",
+        )
+    if not name.isprintable():
+        raise ProblemError("validation", "name must not hold control characters")
+
+
+def ingest_and_store(
+    body: Path,
+    fmt: ingest.Format,
+    settings: Settings,
+    db: Database,
+    blobs: BlobStore,
+    name: str | None,
+    digest: NpyDigest | None = None,
+) -> tuple[DatasetRow, bool]:
+    """Validate and canonicalise an uploaded file, store it unless known: (row, created)."""
+    with blobs.temp_path(".npy") as out:
+        try:
+            ds = ingest.ingest(body, fmt, limits(settings), out, digest)
+        except ingest.IngestError as e:
+            raise problem(e) from None
+        existing = rows.by_sha(db, ds.sha256)
+        if existing is not None:
+            if not blobs.has_dataset(ds.sha256):  # repair a blob lost outside the service
+                blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
+            return existing, False
+        blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
+        row = DatasetRow(
+            id="ds_" + secrets.token_hex(12),
+            name=name,
+            n=ds.n,
+            d=ds.d,
+            dtype=ds.dtype,
+            weighted=ds.weights is not None,
+            sha256=ds.sha256,
+            bytes=ds.bytes,
+        )
+        return rows.insert_once(db, row)
+
+
+def delete(db: Database, blobs: BlobStore, dataset_id: str) -> None:
+    """Delete a dataset and its files; 404 if unknown, 409 while an estimate refers to it."""
+    done = rows.delete_unused(db, dataset_id)
+    if done.raced:
+        raise ProblemError("dataset-in-use", f"dataset {dataset_id} was just taken by an estimate")
+    if done.active:
+        raise ProblemError(
+            "dataset-in-use",
+            f"dataset {dataset_id} is used by {len(done.active)} queued or running "
+            f"estimate(s): {', '.join(done.active[:10])}; cancel them or wait",
+        )
+    if done.finished:
+        raise ProblemError(
+            "dataset-in-use",
+            f"dataset {dataset_id} is referred to by {len(done.finished)} finished estimate(s): "
+            f"{', '.join(done.finished[:10])}; delete them first",
+        )
+    if done.sha256 is None:
+        raise ProblemError("dataset-not-found", f"no dataset with id {dataset_id!r}")
+    if rows.by_sha(db, done.sha256) is None:  # sha256 is unique: no other row points at them
+        blobs.delete_dataset(done.sha256)
+    log.info("dataset deleted", extra={"dataset_id": dataset_id})
