@@ -8,11 +8,7 @@ finished jobs with their results and potentials, and the interrupted job finishe
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from jobfixtures import wait_for
+from servers import Server
 
 from service.client import Client, parse_sse
 
@@ -33,63 +30,15 @@ LONG = {**TINY, "steps": 50_000, "patience": 0, "progress_every": 1}
 MEDIUM = {**TINY, "patience": 0, "progress_every": 5}  # steps: sized to this machine below
 MEDIUM_SECONDS = 8.0  # the interrupted job's training time, so the kill lands mid-run
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m service.cli serve` in its own process group (killed whole at the end)."""
-
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {
-            **os.environ,
-            "LIPWASS_LEASE_S": "3",
-            "LIPWASS_HEARTBEAT_S": "0.3",
-            "LIPWASS_REAPER_INTERVAL_S": "0.3",
-            "LIPWASS_PROGRESS_INTERVAL_S": "0.1",
-            "LIPWASS_EVENTS_POLL_S": "0.1",
-            "LIPWASS_CANCEL_GRACE_S": "3",
-            "LIPWASS_REQUEUE_AFTER_S": "2",
-            "LIPWASS_DEVICE": "cpu",
-            "OMP_NUM_THREADS": "1",
-        }
-        env.pop("LIPWASS_DATABASE_URL", None)
-        env.pop("LIPWASS_BROKER_URL", None)
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
-        cmd += ["--data-dir", str(data_dir), "--log-level", "warning"]
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True
-            )
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready in {timeout} s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL the server and every child it spawned (a crash of the whole tree)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+E2E_ENV = {
+    "LIPWASS_LEASE_S": "3",
+    "LIPWASS_HEARTBEAT_S": "0.3",
+    "LIPWASS_REAPER_INTERVAL_S": "0.3",
+    "LIPWASS_PROGRESS_INTERVAL_S": "0.1",
+    "LIPWASS_EVENTS_POLL_S": "0.1",
+    "LIPWASS_CANCEL_GRACE_S": "3",
+    "LIPWASS_REQUEUE_AFTER_S": "2",
+}
 
 
 @pytest.fixture
@@ -97,7 +46,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[[], Server]]:
     made: list[Server] = []
 
     def start() -> Server:
-        s = Server(tmp_path / "data", tmp_path / "server.log")
+        s = Server(tmp_path / "data", tmp_path / "server.log", E2E_ENV)
         made.append(s)
         s.wait_ready()
         return s
