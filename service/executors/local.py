@@ -172,14 +172,14 @@ class LocalExecutor:
             self._thread.join(timeout=10)
             self._thread = None
         spares, self._spares = self._spares, None
-        if spares is not None:
-            spares.close()
-        for ch in self._runs.clear():
+        for ch in self._runs.clear():  # first: a job must not run on while spares wind down
             terminate(ch.process)
             try:
                 jobs.expire_lease(self.db, ch.job_id, ch.owner)
             except Exception:
                 log.exception("could not expire the lease", extra={"job_id": ch.job_id})
+        if spares is not None:
+            spares.close()
 
     def submit(self, job_id: str) -> None:
         """Queue ``job_id`` for a child (see :meth:`RunQueue.submit`)."""
