@@ -26,8 +26,15 @@ class EstimatorConfig:
     ortho_iters: Björck iterations (with gradient) per training step.
     reproject_iters: extra Björck iterations (no grad) on the raw weights after each step, on top
         of the warm start (the raw weights take the last orthonormalised value + the update).
-    patience, tolerance: stop when the smoothed objective has not improved by more than
-        tolerance (relative) for ``patience`` steps; patience 0 never stops early.
+    patience, tolerance: stop when the objective has not improved by more than tolerance
+        (relative) for ``patience`` steps; patience 0 never stops early. With a validation part
+        the objective judged is the validation objective, and the weights kept are those of
+        its best check; without one, the smoothed training objective (and the last weights).
+    validation: the fraction of each training set held aside to judge training (never the
+        held-out test samples, so the test stays valid); 0 judges by the training objective.
+    averaging: the decay of the exponential moving average of the weights (per step) that
+        the validation checks judge and that is kept; 0 judges and keeps the raw iterates.
+    permutations: random relabellings of the held-out samples in the two-sample test.
     min_steps: never stop before this many steps.
     smoothing: weight of the newest batch objective in the exponential moving average.
     progress_every: the callback's period in steps.
@@ -54,6 +61,9 @@ class EstimatorConfig:
     tolerance: float = 1e-4
     min_steps: int = 200
     smoothing: float = 0.05
+    validation: float = 0.2
+    averaging: float = 0.9
+    permutations: int = 1000
     progress_every: int = 10
     eval_chunk: int = 65536
     grad_samples: int = 1024
@@ -75,6 +85,7 @@ class EstimatorConfig:
             "progress_every": 1,
             "eval_chunk": 1,
             "grad_samples": 1,
+            "permutations": 1,
         }
         for name, low in ints_min.items():
             v = getattr(self, name)
@@ -82,7 +93,7 @@ class EstimatorConfig:
                 raise ConfigError(name, f"config.{name}: expected an integer, got {v!r}")
             if v < low:
                 raise ConfigError(name, f"config.{name}: must be >= {low}, got {v}")
-        for name in ("lr", "lr_final", "tolerance", "smoothing"):
+        for name in ("lr", "lr_final", "tolerance", "smoothing", "validation", "averaging"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ConfigError(name, f"config.{name}: expected a finite number, got {v!r}")
@@ -96,6 +107,14 @@ class EstimatorConfig:
         if not 0 < self.lr_final <= 1:
             raise ConfigError(
                 "lr_final", f"config.lr_final: must be in (0, 1], got {self.lr_final}"
+            )
+        if not 0 <= self.averaging < 1:
+            raise ConfigError(
+                "averaging", f"config.averaging: must be in [0, 1), got {self.averaging}"
+            )
+        if not 0 <= self.validation < 1:
+            raise ConfigError(
+                "validation", f"config.validation: must be in [0, 1), got {self.validation}"
             )
         if self.tolerance < 0:
             raise ConfigError("tolerance", f"config.tolerance: must be >= 0, got {self.tolerance}")
@@ -128,7 +147,7 @@ class EstimatorConfig:
         if unknown:
             raise ConfigError("config", f"config: unknown keys {unknown}")
         values = dict(d)
-        for name in ("lr", "lr_final", "tolerance", "smoothing"):
+        for name in ("lr", "lr_final", "tolerance", "smoothing", "validation", "averaging"):
             if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
                 values[name] = float(values[name])
         return cls(**values)

@@ -8,7 +8,12 @@ its own ``TrainingData`` and go through the same fit and certificate):
 - ``fit``: build the network and train it (``Fitted``);
 - ``certify``: export the potential, its certified Lipschitz constant L, the lower bound over all
   samples, the potential's weighted centre and the gradient-norm quantiles (``Certificate``);
-- ``hold_out``: the held-out difference and its confidence interval (``Holdout`` or None).
+- ``hold_out``: the held-out difference and its confidence interval (``Holdout`` or None);
+- ``test``: the permutation two-sample test of the potential on the held-out samples.
+
+The held-out samples never inform training: a validation part carved from the training split
+(``config.validation``) decides when training stops and which weights are kept, so the test on
+the held-out samples keeps its exact level.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from .errors import ConfigError
 from .holdout import Holdout, Split, holdout_estimate, split
 from .network import LipschitzMLP
 from .potential import save_potential
-from .train import Progress, TrainResult, train
+from .train import Progress, TrainResult, Validation, train
+from .twosample import TwoSampleTest, permutation_test, summary
 from .validation import validate_inputs
 
 F64 = NDArray[np.float64]
@@ -58,6 +64,7 @@ class Estimate:
     lipschitz_constant: float
     center: float
     holdout: Holdout | None
+    test: TwoSampleTest | None
     objective: float
     steps: int
     seconds: float
@@ -68,9 +75,26 @@ class Estimate:
     history: list[tuple[int, float]] = field(default_factory=list, repr=False)
     d: int = 0
 
+    def verdict(self, alpha: float = 0.05) -> dict[str, Any] | None:
+        """Do the two distributions differ? The test's decision at level ``alpha``, its p-value
+        and one sentence; None when no test ran (no held-out samples)."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha: expected a level in (0, 1), got {alpha!r}")
+        if self.test is None:
+            return None
+        return {
+            "differ": self.test.rejects(alpha),
+            "alpha": alpha,
+            "p_value": self.test.p_value,
+            "test": self.test.method,
+            "permutations": self.test.permutations,
+            "summary": summary(self.test, alpha, self.holdout),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The numbers as JSON-ready values (no potential, no history)."""
         return {
+            "test": None if self.test is None else self.test.to_dict(),
             "lower_bound": self.lower_bound,
             "lipschitz_constant": self.lipschitz_constant,
             "center": self.center,
@@ -114,6 +138,7 @@ class TrainingData:
     wy: torch.Tensor
     shift: F64
     scale: float
+    validation: Validation | None = None
 
 
 @dataclass(frozen=True)
@@ -237,9 +262,25 @@ def prepare(
         ix, a_tr, iy, b_tr = None, aw, None, bw
     else:
         ix, a_tr, iy, b_tr = sx.train, sx.w_train, sy.train, sy.w_train
+    # The validation part: carved from the training part only (the held-out samples stay
+    # untouched by every decision of training).
+    vx = _carve(ix, a_tr, xs.shape[0], cfg.validation, rng)
+    vy = _carve(iy, b_tr, ys.shape[0], cfg.validation, rng) if vx is not None else None
+    if vx is None or vy is None:
+        vx = vy = None
+    else:
+        ix, a_tr, iy, b_tr = vx.train, vx.w_train, vy.train, vy.w_train
 
     chunk = cfg.eval_chunk
     shift, scale = _scaling(xs, a_tr, ys, b_tr, chunk, ix, iy)
+    validation = None
+    if vx is not None and vy is not None:
+        validation = Validation(
+            zx=_scaled(xs, vx.held, shift, scale, chunk, dev),
+            wx=torch.from_numpy(vx.w_held).to(dev, torch.float32),
+            zy=_scaled(ys, vy.held, shift, scale, chunk, dev),
+            wy=torch.from_numpy(vy.w_held).to(dev, torch.float32),
+        )
     data = TrainingData(
         zx=_scaled(xs, ix, shift, scale, chunk, dev),
         wx=torch.from_numpy(a_tr).to(dev, torch.float32),
@@ -247,8 +288,30 @@ def prepare(
         wy=torch.from_numpy(b_tr).to(dev, torch.float32),
         shift=shift,
         scale=scale,
+        validation=validation,
     )
     return Prepared(xs, ys, aw, bw, cfg, int(seed), dev, sx, sy, data, rng)
+
+
+#: Enough validation samples per set for a steady objective (more only costs time).
+VALIDATION_MAX = 16384
+#: Below this many training samples per set no validation part is carved (too few to judge).
+VALIDATION_MIN_TRAIN = 20
+
+
+def _carve(
+    idx: np.ndarray | None, w: F64, n: int, fraction: float, rng: np.random.Generator
+) -> Split | None:
+    """Split the training rows ``idx`` (None: all n) into training and validation parts;
+    ``Split.train`` / ``Split.held`` are then row indices of the data set itself."""
+    rows = np.arange(n) if idx is None else idx
+    if fraction <= 0 or len(rows) < VALIDATION_MIN_TRAIN:
+        return None
+    frac = min(fraction, VALIDATION_MAX / len(rows))
+    part = split(len(rows), w, frac, rng)
+    if part is None:
+        return None
+    return Split(rows[part.train], rows[part.held], part.w_train, part.w_held)
 
 
 # --------------------------------------------------------------------------- stage 2: fit
@@ -293,6 +356,7 @@ def fit(
         torch.Generator(device=dev).manual_seed(seed + 1),
         unit=1.0 / data.scale,
         callback=callback,
+        validation=data.validation,
     )
     return Fitted(net, result, data.shift, data.scale)
 
@@ -370,6 +434,29 @@ def hold_out(cert: Certificate, split_x: Split | None, split_y: Split | None) ->
     )
 
 
+def two_sample_test(
+    cert: Certificate,
+    split_x: Split | None,
+    split_y: Split | None,
+    permutations: int,
+    seed: int,
+) -> TwoSampleTest | None:
+    """Stage 5: the permutation two-sample test of f on the held-out samples (lipcore.twosample),
+    seeded apart from the other stages; None without a split."""
+    if split_x is None or split_y is None:
+        return None
+    rng = np.random.default_rng([int(seed), 0x7E57])
+    div = cert.divisor
+    return permutation_test(
+        cert.fx[split_x.held] / div,
+        split_x.w_held,
+        cert.fy[split_y.held] / div,
+        split_y.w_held,
+        permutations,
+        rng,
+    )
+
+
 def estimate_w1(
     x: object,
     y: object,
@@ -399,6 +486,7 @@ def estimate_w1(
         lipschitz_constant=cert.lipschitz_constant,
         center=cert.center,
         holdout=hold_out(cert, prep.split_x, prep.split_y),
+        test=two_sample_test(cert, prep.split_x, prep.split_y, prep.config.permutations, prep.seed),
         objective=float(fitted.result.objective),
         steps=fitted.result.steps,
         seconds=time.perf_counter() - t0,

@@ -7,9 +7,10 @@ with its weights. Adam, cosine learning-rate decay, and a stopping rule on the s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -38,10 +39,33 @@ class Progress:
 
 @dataclass
 class TrainResult:
+    """``objective``: the smoothed training objective at the end; ``validation``: the best
+    validation objective and ``best_step`` the step whose weights were kept (None: no
+    validation part, the last weights kept)."""
+
     steps: int
     objective: float
     seconds: float
     history: list[tuple[int, float]] = field(default_factory=list)
+    validation: float | None = None
+    best_step: int | None = None
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation part of each training set (scaled inputs on the training device) and
+    its weights: the objective on it judges when training stops and which weights are kept."""
+
+    zx: torch.Tensor
+    wx: torch.Tensor
+    zy: torch.Tensor
+    wy: torch.Tensor
+
+    @torch.no_grad()
+    def objective(self, net: LipschitzMLP) -> float:
+        fx = net(self.zx)[:, 0].to(self.wx.dtype)
+        fy = net(self.zy)[:, 0].to(self.wy.dtype)
+        return float(torch.dot(self.wx, fx) - torch.dot(self.wy, fy))
 
 
 class _Sampler:
@@ -156,9 +180,12 @@ def train(
     generator: torch.Generator,
     unit: float = 1.0,
     callback: Callable[[Progress], None] | None = None,
+    validation: Validation | None = None,
 ) -> TrainResult:
     """Trains ``net`` in place on scaled inputs. ``unit`` converts the objective to data units
-    (objective / input scale), for progress reports and the returned objective."""
+    (objective / input scale), for progress reports and the returned objective. With a
+    ``validation`` part, training stops when its objective stops improving, and ``net`` ends
+    with the weights of its best check (less overfitted than the last ones)."""
     start = time.perf_counter()
     dev = zx.device
     sx = _Sampler(zx, wx, config.batch_size, generator)
@@ -167,7 +194,38 @@ def train(
     graphs = config.cuda_graphs and dev.type == "cuda"
     opt = make_optimizer(net, config)
     with training_precision(config.precision, dev):
-        return _loop(net, sx, sy, objective, opt, config, unit, callback, start, graphs)
+        return _loop(net, sx, sy, objective, opt, config, unit, callback, start, graphs, validation)
+
+
+class _Average:
+    """An exponential moving average of the network's parameters (``decay`` per step; 0: the
+    last weights). The averaged weights are less noisy than the last Adam iterate: they are the
+    ones validated and kept."""
+
+    def __init__(self, net: LipschitzMLP, decay: float) -> None:
+        self.params: list[torch.Tensor] = list(net.parameters())
+        self.decay = decay
+        self.avg = [p.detach().clone() for p in self.params] if decay > 0 else []
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.avg:
+            torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in the network for the duration (the training ones after)."""
+        if not self.avg:
+            yield
+            return
+        with torch.no_grad():
+            current = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_(self.params, self.avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, current)
 
 
 def _loop(
@@ -181,9 +239,10 @@ def _loop(
     callback: Callable[[Progress], None] | None,
     start: float,
     graphs: bool,
+    validation: Validation | None = None,
 ) -> TrainResult:
-    """The steps: draw, objective, Adam, warm-start reprojection; a read-back every
-    progress_every steps only (no host sync in between)."""
+    """The steps: draw, objective, Adam, warm-start reprojection; a read-back (and the
+    validation check) every progress_every steps only (no host sync in between)."""
     total = config.steps
     lr_min = config.lr * config.lr_final
     ema = math.nan
@@ -192,9 +251,14 @@ def _loop(
     history: list[tuple[int, float]] = []
     pending: list[torch.Tensor] = []  # batch objectives not yet read back (no sync per step)
     s = torch.cat([sx.weights(), -sy.weights()])  # the rows' signed weights, fixed
+    best_val, best_val_step = -math.inf, 0
+    kept: dict[str, torch.Tensor] | None = None
+    average = _Average(net, config.averaging) if validation is not None else None
     step = 0
     for step in range(1, total + 1):
         obj = train_step(net, opt, objective, torch.cat([sx.draw(), sy.draw()]), s)
+        if average is not None:
+            average.update()
         lr = lr_min + 0.5 * (config.lr - lr_min) * (1 + math.cos(math.pi * step / total))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -213,6 +277,15 @@ def _loop(
             ema = v if math.isnan(ema) else ema + config.smoothing * (v - ema)
             if best == -math.inf or ema > best + config.tolerance * max(abs(best), abs(ema)):
                 best, best_step = ema, k
+        if validation is not None and average is not None:
+            with average.applied():
+                val = validation.objective(net) * unit
+                if not math.isfinite(val):
+                    raise FloatingPointError(f"training diverged at step {step} (validation {val})")
+                if best_val == -math.inf or val > best_val + config.tolerance * abs(best_val):
+                    best_val, best_val_step = val, step
+                    kept = {k: t.detach().clone() for k, t in net.state_dict().items()}
+            best_step = best_val_step
         stop = (
             config.patience > 0 and step >= config.min_steps and step - best_step >= config.patience
         )
@@ -221,4 +294,14 @@ def _loop(
             callback(Progress(step, total, ema, time.perf_counter() - start))
         if stop:
             break
-    return TrainResult(step, ema, time.perf_counter() - start, history)
+    if kept is None:
+        return TrainResult(step, ema, time.perf_counter() - start, history)
+    net.load_state_dict(kept)
+    return TrainResult(
+        step,
+        ema,
+        time.perf_counter() - start,
+        history,
+        validation=best_val,
+        best_step=best_val_step,
+    )

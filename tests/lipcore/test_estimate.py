@@ -37,7 +37,7 @@ def test_result_fields_and_json(tiny):
     assert d["holdout"]["ci95"] == [lo, hi]
     assert d["config"] == tiny.to_dict()
     assert set(d) == {
-        "lower_bound", "lipschitz_constant", "center", "holdout", "objective", "steps",
+        "test", "lower_bound", "lipschitz_constant", "center", "holdout", "objective", "steps",
         "seconds", "device", "grad_norm", "config",
     }  # fmt: skip
 
@@ -130,13 +130,15 @@ def test_float32_and_dict_config_and_explicit_device(tiny):
 
 
 def test_the_stages_compose_to_estimate_w1(tiny):
-    from lipcore.estimate import certify, fit, hold_out, prepare
+    from lipcore.estimate import certify, fit, hold_out, prepare, two_sample_test
 
     x, y = _data()
     est = estimate_w1(x, y, config=tiny, seed=4)
     prep = prepare(x, y, config=tiny, seed=4)
     assert prep.split_x is not None and prep.split_y is not None
-    assert prep.data.zx.shape == (240, 2) and prep.data.zx.dtype == torch.float32
+    # 300 rows: 60 held out, then 48 of the other 240 validate training, 192 train.
+    assert prep.data.zx.shape == (192, 2) and prep.data.zx.dtype == torch.float32
+    assert prep.data.validation is not None and prep.data.validation.zx.shape == (48, 2)
     fitted = fit(prep.data, prep.config, seed=prep.seed)
     assert fitted.result.steps == est.steps and fitted.result.objective == est.objective
     cert = certify(
@@ -148,3 +150,6 @@ def test_the_stages_compose_to_estimate_w1(tiny):
     assert cert.fx.shape == (300,) and cert.fy.shape == (200,)
     assert hold_out(cert, prep.split_x, prep.split_y) == est.holdout
     assert hold_out(cert, None, None) is None
+    perms = prep.config.permutations
+    assert two_sample_test(cert, prep.split_x, prep.split_y, perms, prep.seed) == est.test
+    assert two_sample_test(cert, None, None, perms, prep.seed) is None
