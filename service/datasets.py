@@ -23,6 +23,11 @@ def problem(e: ingest.IngestError) -> ProblemError:
     return ProblemError(e.code, e.detail)
 
 
+def columns(row: DatasetRow) -> list[str]:
+    """The dataset's feature column names (rows stored before names were kept: x0 … x{d-1})."""
+    return list(row.columns) if row.columns else ingest.default_columns(row.d)
+
+
 def get(db: Database, dataset_id: str) -> DatasetRow:
     """The dataset row, or a 404 problem."""
     row = rows.get(db, dataset_id)
@@ -60,11 +65,15 @@ def ingest_and_store(
     blobs: BlobStore,
     name: str | None,
     digest: NpyDigest | None = None,
+    options: ingest.Options | None = None,
 ) -> tuple[DatasetRow, bool]:
-    """Validate and canonicalise an uploaded file, store it unless known: (row, created)."""
+    """Validate and canonicalise an uploaded file, store it unless known: (row, created).
+
+    Known means the same sha256: the same numbers, weights and column names (``options`` pick
+    the columns and the weights; see :mod:`service.ingest`)."""
     with blobs.temp_path(".npy") as out:
         try:
-            ds = ingest.ingest(body, fmt, limits(settings), out, digest)
+            ds = ingest.ingest(body, fmt, limits(settings), out, digest, options)
         except ingest.IngestError as e:
             raise problem(e) from None
         existing = rows.by_sha(db, ds.sha256)
@@ -82,6 +91,7 @@ def ingest_and_store(
             weighted=ds.weights is not None,
             sha256=ds.sha256,
             bytes=ds.bytes,
+            columns=ds.columns,
         )
         return rows.insert_once(db, row)
 

@@ -6,7 +6,9 @@ and, for ``.npy``, hashes and checks the data as it arrives), with a 413 as soon
 passes the limit and a 4xx as soon as a ``.npy`` header is refused. The file is then parsed and
 converted to the canonical ``.npy`` in bounded chunks (``service.ingest``) off the event loop; a
 canonical ``.npy`` upload is moved into the store as it is. The same data sent twice, in any
-format, is one dataset (200 with the existing one instead of 201).
+format, is one dataset (200 with the existing one instead of 201). Nothing is implicit: the
+feature columns (``?columns=``, ``?exclude=``), the weights (``?weights=``) and the CSV header
+and delimiter are query options; column names are kept and part of the dataset's identity.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class Dataset(BaseModel):
     d: int = Field(description="Dimension (columns).")
     dtype: Literal["float32", "float64"] = Field(description="Stored float type.")
     weighted: bool = Field(description="Whether weights were uploaded (else uniform).")
+    columns: list[str] = Field(
+        description=(
+            "The d feature column names, in order: the CSV header, the Arrow/Parquet field "
+            'names, the JSON "columns"; x0 … x{d-1} where the upload names none (.npy, a '
+            "headerless CSV). Part of the dataset's identity with the numbers and weights."
+        )
+    )
     sha256: str = Field(description="Canonical hash of dtype, shape, samples and weights.")
     bytes: int = Field(description="Stored size: samples, plus 8 bytes per sample if weighted.")
     created_at: datetime
@@ -65,8 +74,9 @@ def to_model(row: DatasetRow) -> Dataset:
         name=row.name,
         n=row.n,
         d=row.d,
-        dtype=row.dtype,  # type: ignore[arg-type]
+        dtype=row.dtype,
         weighted=row.weighted,
+        columns=service.columns(row),
         sha256=row.sha256,
         bytes=row.bytes,
         created_at=row.created_at,
@@ -148,13 +158,15 @@ _BODY = {"type": "string", "format": "binary"}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "description": "The samples, in one of four formats chosen by Content-Type.",
+        "description": "The samples, in one of five formats chosen by Content-Type.",
         "content": {
             "application/octet-stream": {"schema": _BODY},
             "application/x-npy": {"schema": _BODY},
             "application/vnd.apache.arrow.stream": {"schema": _BODY},
+            "application/vnd.apache.parquet": {"schema": _BODY},
             "text/csv": {
-                "schema": {"type": "string"},
+                # The file's bytes (its text is parsed as CSV: "0.0" is a one-cell table).
+                "schema": _BODY,
                 "example": "u,v\n0.5,1.0\n1.5,-2.0\n",
             },
             "application/json": {
@@ -177,6 +189,11 @@ _UPLOAD_BODY = {
                             "description": "n non-negative weights with a positive sum.",
                             "items": {"type": "number", "minimum": 0},
                         },
+                        "columns": {
+                            "type": "array",
+                            "description": "d unique column names (default x0 … x{d-1}).",
+                            "items": {"type": "string", "minLength": 1},
+                        },
                     },
                     "additionalProperties": False,
                 },
@@ -191,15 +208,20 @@ _UPLOAD_BODY = {
     "",
     status_code=201,
     response_model=Dataset,
-    summary="Upload a dataset (.npy, Arrow IPC stream, CSV or JSON)",
+    summary="Upload a dataset (.npy, Arrow IPC stream, Parquet, CSV or JSON)",
     description=(
         "`.npy` (`application/octet-stream` or `application/x-npy`; float16/32/64, C order, "
-        "1-D or 2-D), Arrow IPC stream (`application/vnd.apache.arrow.stream`; float columns "
-        "and an optional `weight` column), CSV (`text/csv`; header row; optional `weight` "
-        'column) or JSON (`{"samples": [[...]], "weights": [...]}`). Weights must be '
-        "non-negative with a positive sum and are normalised to sum 1. Answers 201 with "
-        "`Location` for new data, 200 with the existing dataset when the same data (same "
-        "dtype) was uploaded before, in any format."
+        "1-D or 2-D; columns x0 … x{d-1}), Arrow IPC stream "
+        "(`application/vnd.apache.arrow.stream`) or Parquet (`application/vnd.apache.parquet`; "
+        "numeric columns, no nulls), CSV (`text/csv`; numeric columns; header and delimiter "
+        'per `?header=` and `?delimiter=`) or JSON (`{"samples": [[...]], "weights": [...], '
+        '"columns": [...]}`). Nothing is implicit: every column is a feature unless '
+        "`?columns=` picks some or `?exclude=` drops some, and weights come only from "
+        '`?weights=<column>` (or the JSON `"weights"` member); a column named `weight` is a '
+        "feature like any other. Weights must be non-negative with a positive sum and are "
+        "normalised to sum 1. Answers 201 with `Location` for new data, 200 with the existing "
+        "dataset when the same data (same dtype, weights and column names) was uploaded "
+        "before, in any format."
     ),
     responses={
         201: {
@@ -225,6 +247,34 @@ async def create_dataset(
     name: Annotated[
         str | None, Query(description="A label for the dataset (kept from the first upload).")
     ] = None,
+    weights: Annotated[
+        str | None,
+        Query(description="The column holding the sample weights (none: unweighted)."),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        Query(description="Comma-separated feature columns to keep, in this order."),
+    ] = None,
+    exclude: Annotated[
+        str | None,
+        Query(description="Comma-separated columns to drop (an index column, a label)."),
+    ] = None,
+    header: Annotated[
+        Literal["auto", "true", "false"],
+        Query(
+            description=(
+                "CSV only. auto: line 1 is the header when none of its fields is a number, "
+                "data when all are; a mix is refused."
+            )
+        ),
+    ] = "auto",
+    delimiter: Annotated[
+        str | None,
+        Query(
+            max_length=3,
+            description="CSV only: one of , ; | or tab (default: detected among them).",
+        ),
+    ] = None,
 ) -> Dataset:
     try:
         fmt = ingest.format_for(request.headers.get("content-type"))
@@ -238,19 +288,35 @@ async def create_dataset(
             )
         )
     service.check_name(name, settings)
+    try:
+        options = ingest.Options.from_query(
+            weights=weights, columns=columns, exclude=exclude, header=header, delimiter=delimiter
+        )
+        options.check_for(fmt.name)
+    except ingest.IngestError as e:
+        raise service.problem(e) from None
     limit = _body_limit(request, fmt, settings)
     limits = service.limits(settings)
     t0 = time.perf_counter()
     try:
         with blobs.temp_path(f".{fmt.name}") as body:
             try:
-                async with UploadSink(body, limits, digest=fmt.name == "npy") as sink:
+                digest = fmt.name == "npy" and not options.selects  # a pick rewrites the file
+                async with UploadSink(body, limits, digest=digest) as sink:
                     total = await _receive(request, sink, limit, fmt)
                 if total == 0:
                     raise service.problem(ingest.invalid("the body is empty"))
                 t1 = time.perf_counter()
                 row, created = await run_in_threadpool(
-                    service.ingest_and_store, body, fmt, settings, db, blobs, name, sink.digest
+                    service.ingest_and_store,
+                    body,
+                    fmt,
+                    settings,
+                    db,
+                    blobs,
+                    name,
+                    sink.digest,
+                    options,
                 )
             finally:
                 _discard_later(body)

@@ -4,7 +4,13 @@ Each format module turns an uploaded file into a :class:`Parsed` (shape, source 
 read the samples in row chunks, optional weights). :func:`canonicalize` then validates it (limits,
 finite values, weights) and writes the one canonical form every format converges to: a C-order,
 little-endian float32 or float64 ``.npy`` of shape (n, d), hashed while it is written, so the same
-data sent as ``.npy``, Arrow, CSV or JSON (with the same dtype) gets the same sha256.
+data sent as ``.npy``, Arrow, Parquet, CSV or JSON (with the same dtype) gets the same sha256.
+
+Nothing is implicit: which columns are features (``?columns=`` / ``?exclude=``), which one holds
+the weights (``?weights=``) and, for CSV, the header and delimiter are :class:`Options`; every
+format names its columns (``x0 … x{d-1}`` where the file has no names) and :func:`select` picks
+them the same way for all. Column names are part of a dataset's identity: the hash covers them
+whenever they are not the default ``x0 … x{d-1}`` (so hashes of unnamed data are unchanged).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +83,148 @@ class Limits:
     max_npy_header_bytes: int = NUMPY_HEADER_LIMIT
 
 
+#: Accepted CSV delimiters (``?delimiter=``), with the spellings that fit in a URL or a shell.
+DELIMITERS = {",": ",", ";": ";", "|": "|", "\t": "\t", "tab": "\t"}
+HEADER_CHOICES = ("auto", "true", "false")
+MAX_NAME_CHARS = 200
+
+
+def default_columns(d: int) -> list[str]:
+    """The names of columns a file does not name: x0 … x{d-1}."""
+    return [f"x{j}" for j in range(d)]
+
+
+def _name_list(value: str | None, flag: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(","))
+    if not value.strip() or any(not v for v in names):
+        raise invalid(f"?{flag}={value[:80]!r}: give comma-separated column names, none empty")
+    if len(set(names)) != len(names):
+        dup = next(v for v in names if names.count(v) > 1)
+        raise invalid(f"?{flag} names column {dup!r} twice")
+    return names
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to read an upload: nothing about columns, weights or headers is ever guessed.
+
+    ``weights``: the column holding the sample weights (none: unweighted). ``columns``: the
+    feature columns, in this order (none: every column but ``exclude`` and ``weights``).
+    ``header`` and ``delimiter`` apply to CSV only (``auto``: see :mod:`service.ingest.csv`).
+    """
+
+    weights: str | None = None
+    columns: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    header: str = "auto"
+    delimiter: str | None = None
+
+    @classmethod
+    def from_query(
+        cls,
+        *,
+        weights: str | None = None,
+        columns: str | None = None,
+        exclude: str | None = None,
+        header: str | None = None,
+        delimiter: str | None = None,
+    ) -> Options:
+        """Options from the upload's query strings (or the CLI flags); a 422 names the flag."""
+        if weights is not None and not weights.strip():
+            raise invalid("?weights= needs the name of the column that holds the weights")
+        cols = _name_list(columns, "columns")
+        excl = _name_list(exclude, "exclude") or ()
+        if cols is not None and excl:
+            raise invalid("give ?columns= (the features to keep) or ?exclude=, not both")
+        w = weights.strip() if weights is not None else None
+        if w is not None and cols is not None and w in cols:
+            raise invalid(f"column {w!r} is the ?weights column: it cannot be a feature too")
+        if w is not None and w in excl:
+            raise invalid(f"column {w!r} is the ?weights column: do not ?exclude it too")
+        h = (header or "auto").strip().lower()
+        if h not in HEADER_CHOICES:
+            raise invalid(f"?header={header[:40]!r}: use auto, true or false")  # type: ignore[index]
+        sep = None
+        if delimiter is not None:
+            sep = DELIMITERS.get(delimiter if delimiter in DELIMITERS else delimiter.lower())
+            if sep is None:
+                raise invalid(
+                    f"?delimiter={delimiter[:20]!r} is not accepted: use one of , ; | or tab"
+                )
+        return cls(weights=w, columns=cols, exclude=excl, header=h, delimiter=sep)
+
+    def check_for(self, fmt: str) -> None:
+        """CSV-only options on another format are refused, not ignored."""
+        if fmt == "csv":
+            return
+        if self.header != "auto":
+            raise invalid(f"?header applies to CSV uploads only, not to {fmt}")
+        if self.delimiter is not None:
+            raise invalid(f"?delimiter applies to CSV uploads only, not to {fmt}")
+
+    @property
+    def selects(self) -> bool:
+        """Whether these options pick or drop columns (else every column is a feature)."""
+        return self.weights is not None or self.columns is not None or bool(self.exclude)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen columns of a file: feature positions (in output order) and their names, and
+    the weight column's position (None: unweighted)."""
+
+    features: list[int]
+    names: list[str]
+    weights: int | None
+
+
+def select(names: list[str], options: Options, what: str) -> Selection:
+    """Pick the feature and weight columns of a file whose columns are ``names``.
+
+    Every refusal names the column and the flag; ``what`` names the file kind (``CSV``...).
+    """
+    shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
+    index = {n: i for i, n in enumerate(names)}
+
+    def position(name: str, flag: str) -> int:
+        if name not in index:
+            raise invalid(
+                f"?{flag} names column {name!r}, which the {what} does not have; its "
+                f"columns are {shown}"
+            )
+        return index[name]
+
+    w = position(options.weights, "weights") if options.weights is not None else None
+    for name in options.exclude:
+        position(name, "exclude")
+    if options.columns is not None:
+        features = [position(c, "columns") for c in options.columns]
+    else:
+        drop = set(options.exclude) | ({options.weights} if options.weights else set())
+        features = [i for i, n in enumerate(names) if n not in drop]
+    if not features:
+        raise invalid(
+            f"no feature column is left in the {what} (columns {shown}): select some with ?columns="
+        )
+    return Selection(features=features, names=[names[i] for i in features], weights=w)
+
+
+def check_names(names: list[str], what: str, fix: str) -> None:
+    """Column names: non-empty, unique, at most MAX_NAME_CHARS; ``fix`` says how to repair."""
+    for j, n in enumerate(names):
+        if not n:
+            raise invalid(f"{what} column {j + 1} has no name. {fix}")
+        if len(n) > MAX_NAME_CHARS:
+            raise invalid(
+                f"{what} column {j + 1}'s name is longer than {MAX_NAME_CHARS} characters"
+            )
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise invalid(f"{what} column name {dup!r} appears twice: column names must be unique")
+
+
 @dataclass
 class Parsed:
     """An upload read by a format module, before validation of values and weights.
@@ -91,6 +240,8 @@ class Parsed:
     chunks: Callable[[int], Iterator[np.ndarray]]
     weights: np.ndarray | None = None
     reusable: Path | None = None
+    columns: list[str] | None = None  # None: x0 … x{d-1}
+    weights_name: str | None = None  # where the weights came from, for the refusals
 
 
 @dataclass(frozen=True)
@@ -104,6 +255,7 @@ class Ingested:
     dtype: str
     sha256: str
     bytes: int
+    columns: list[str]
 
 
 def canonical_dtype(dtype: np.dtype) -> np.dtype:
@@ -122,24 +274,34 @@ def canonical_hasher(dtype: np.dtype, n: int, d: int) -> hashlib._Hash:
     return h
 
 
-def finish_hash(h: hashlib._Hash, weights: np.ndarray | None) -> str:
-    """Close the hash: the normalised float64 weights count when given."""
+def finish_hash(
+    h: hashlib._Hash, weights: np.ndarray | None, columns: list[str] | None = None
+) -> str:
+    """Close the hash: the normalised float64 weights count when given, the column names when
+    they are not the default x0 … x{d-1} (the same numbers under other names are another
+    dataset; unnamed data keeps the hash it always had)."""
     if weights is not None:
         h.update(b"\0weights\0")
         h.update(np.ascontiguousarray(weights, dtype="<f8").tobytes())
+    if columns is not None and columns != default_columns(len(columns)):
+        h.update(b"\0columns\0")
+        h.update(json.dumps(list(columns), ensure_ascii=False).encode())
     return h.hexdigest()
 
 
-def canonical_sha256(samples: np.ndarray, weights: np.ndarray | None = None) -> str:
-    """The dataset hash of an in-memory array (1-D is n x 1); the uploads compute the same."""
+def canonical_sha256(
+    samples: np.ndarray, weights: np.ndarray | None = None, columns: list[str] | None = None
+) -> str:
+    """The dataset hash of an in-memory array (1-D is n x 1) with its column names (None:
+    x0 … x{d-1}); the uploads compute the same."""
     a = np.asarray(samples)
     if a.ndim == 1:
         a = a.reshape(-1, 1)
     a = np.ascontiguousarray(a, dtype=canonical_dtype(a.dtype))
     h = canonical_hasher(a.dtype, a.shape[0], a.shape[1])
-    h.update(memoryview(a).cast("B"))
+    h.update(a.data.cast("B"))
     w = None if weights is None else normalise_weights(np.asarray(weights), a.shape[0])
-    return finish_hash(h, w)
+    return finish_hash(h, w, columns)
 
 
 def npy_header(dtype: np.dtype, n: int, d: int) -> bytes:
@@ -180,10 +342,11 @@ def normalise_weights(weights: np.ndarray, n: int) -> np.ndarray:
     return w / w.sum(dtype=np.float64)
 
 
-def _first_non_finite(chunk: np.ndarray, row0: int) -> str:
+def _first_non_finite(chunk: np.ndarray, row0: int, columns: list[str]) -> str:
     bad = np.argwhere(~np.isfinite(chunk))[0]
     value = chunk[bad[0], bad[1]]
-    return f"non-finite value {value} at row {row0 + int(bad[0])}, column {int(bad[1])}"
+    j = int(bad[1])
+    return f"non-finite value {value} at row {row0 + int(bad[0])}, column {j} ({columns[j]!r})"
 
 
 def all_finite(chunk: np.ndarray) -> bool:
@@ -206,8 +369,16 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) 
     """
     n, d = parsed.n, parsed.d
     check_shape(n, d, limits)
+    columns = parsed.columns if parsed.columns is not None else default_columns(d)
+    if len(columns) != d:
+        raise invalid(f"{len(columns)} column names for d={d} columns")
     target = canonical_dtype(parsed.dtype)
-    weights = None if parsed.weights is None else normalise_weights(parsed.weights, n)
+    try:
+        weights = None if parsed.weights is None else normalise_weights(parsed.weights, n)
+    except IngestError as e:
+        if parsed.weights_name is None:
+            raise
+        raise invalid(f"{parsed.weights_name}: {e.detail}") from None
     rows = max(1, CHUNK_BYTES // max(1, d * target.itemsize))
     h = canonical_hasher(target, n, d)
     reuse = parsed.reusable is not None and parsed.dtype == target
@@ -219,23 +390,24 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) 
             n=n,
             d=d,
             dtype=target.name,
-            sha256=finish_hash(streamed, None),
+            sha256=finish_hash(streamed, None, columns),
             bytes=n * d * target.itemsize,
+            columns=columns,
         )
     seen = 0
     with open(out, "wb") if not reuse else contextlib.nullcontext() as f:
-        if not reuse:
+        if f is not None:
             f.write(npy_header(target, n, d))
         for chunk in parsed.chunks(rows):
             c = chunk if chunk.dtype == target else chunk.astype(target)
             if c.ndim != 2 or c.shape[1] != d:
                 raise invalid(f"inconsistent row length near row {seen}: expected {d} columns")
             if not all_finite(c):
-                raise invalid("samples must be finite: " + _first_non_finite(c, seen))
+                raise invalid("samples must be finite: " + _first_non_finite(c, seen, columns))
             c = np.ascontiguousarray(c)
-            view = memoryview(c).cast("B")
+            view = c.data.cast("B")
             h.update(view)
-            if not reuse:
+            if f is not None:
                 f.write(view)
             seen += c.shape[0]
     if seen != n:
@@ -247,8 +419,9 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) 
         n=n,
         d=d,
         dtype=target.name,
-        sha256=finish_hash(h, weights),
+        sha256=finish_hash(h, weights, columns),
         bytes=nbytes,
+        columns=columns,
     )
 
 
@@ -262,7 +435,13 @@ def array_chunks(a: np.ndarray) -> Callable[[int], Iterator[np.ndarray]]:
     return chunks
 
 
-def from_array(samples: np.ndarray, weights: np.ndarray | None, limits: Limits) -> Parsed:
+def from_array(
+    samples: np.ndarray,
+    weights: np.ndarray | None,
+    limits: Limits,
+    columns: list[str] | None = None,
+    weights_name: str | None = None,
+) -> Parsed:
     """A :class:`Parsed` for an in-memory array: 1-D becomes n x 1, other ranks are refused."""
     a = np.asarray(samples)
     if a.ndim == 1:
@@ -272,5 +451,11 @@ def from_array(samples: np.ndarray, weights: np.ndarray | None, limits: Limits) 
     canonical_dtype(a.dtype)
     check_shape(a.shape[0], a.shape[1], limits)
     return Parsed(
-        n=a.shape[0], d=a.shape[1], dtype=a.dtype, chunks=array_chunks(a), weights=weights
+        n=a.shape[0],
+        d=a.shape[1],
+        dtype=a.dtype,
+        chunks=array_chunks(a),
+        weights=weights,
+        columns=columns,
+        weights_name=weights_name,
     )

@@ -15,6 +15,7 @@ import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,12 +23,15 @@ from service.ingest.base import (
     NUMPY_HEADER_LIMIT,
     IngestError,
     Limits,
+    Options,
     Parsed,
     all_finite,
     canonical_dtype,
     canonical_hasher,
     check_shape,
+    default_columns,
     invalid,
+    select,
 )
 
 MAGIC = b"\x93NUMPY"
@@ -108,8 +112,13 @@ def check_header(dtype: np.dtype, shape: tuple[int, ...], limits: Limits) -> tup
     return n, d
 
 
-def parse(path: Path, limits: Limits) -> Parsed:
-    """Read and check a ``.npy`` upload; the samples are then read from the file in chunks."""
+def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
+    """Read and check a ``.npy`` upload; the samples are then read from the file in chunks.
+
+    Its columns are x0 … x{d-1}; ``?columns=``, ``?exclude=`` and ``?weights=`` pick among
+    them by those names (then the file is rewritten, never reused as it is).
+    """
+    options = options or Options()
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         dtype, shape, offset = read_header(f, limits)
@@ -138,9 +147,40 @@ def parse(path: Path, limits: Limits) -> Parsed:
                 remaining -= k
                 yield np.frombuffer(view, dtype=dtype).reshape(-1, d)
 
+    if options.selects:
+        return _selected(n, d, dtype, chunks, options, limits)
     canonical = len(shape) == 2 and dtype.str in ("<f4", "<f8") and offset <= NUMPY_HEADER_LIMIT
     reusable = path if canonical and _numpy_agrees(path, dtype, (n, d)) else None
     return Parsed(n=n, d=d, dtype=dtype, chunks=chunks, reusable=reusable)
+
+
+def _selected(n: int, d: int, dtype: np.dtype, chunks, options: Options, limits: Limits) -> Parsed:
+    """The picked columns of a ``.npy`` (named x0 … x{d-1}), and its ?weights column."""
+    names = default_columns(d)
+    sel = select(names, options, ".npy array")
+    check_shape(n, len(sel.features), limits)
+    weights = None
+    if sel.weights is not None:
+        weights = np.empty(n, dtype=np.float64)
+        at = 0
+        for c in chunks(max(1, (8 << 20) // (d * dtype.itemsize))):
+            weights[at : at + c.shape[0]] = c[:, sel.weights]
+            at += c.shape[0]
+
+    def picked(rows: int) -> Iterator[np.ndarray]:
+        for c in chunks(rows):
+            yield c[:, sel.features]
+
+    wname = None if sel.weights is None else f"the ?weights column {names[sel.weights]!r}"
+    return Parsed(
+        n=n,
+        d=len(sel.features),
+        dtype=dtype,
+        chunks=picked,
+        weights=weights,
+        columns=sel.names,
+        weights_name=wname,
+    )
 
 
 def _numpy_agrees(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> bool:
@@ -171,7 +211,7 @@ class NpyDigest:
         self.failure: IngestError | None = None
         self.announced: int | None = None
         self.head = bytearray()
-        self.hasher = None
+        self.hasher: Any = None  # a hashlib object once the header is known
         self.key: tuple[np.dtype, int, int] | None = None
         self.finite = True
         self.data_bytes = 0
@@ -215,7 +255,7 @@ class NpyDigest:
         self._data(memoryview(head)[offset:])
 
     def _data(self, view: memoryview) -> None:
-        self.hasher.update(view)  # type: ignore[union-attr]
+        self.hasher.update(view)
         self.data_bytes += len(view)
         if not self.finite:
             return

@@ -63,6 +63,8 @@ class DatasetRow(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The feature column names, in order (None on rows from before revision 0002: x0 … x{d-1}).
+    columns: Mapped[list | None] = mapped_column(JSON)
 
 
 class EstimateRow(Base):

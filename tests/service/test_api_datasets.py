@@ -107,14 +107,17 @@ def test_same_data_as_npy_arrow_csv_json_is_one_dataset(api: TestClient) -> None
 def test_weights_are_normalised_and_scale_free(api: TestClient) -> None:
     a = np.arange(8, dtype=np.float64).reshape(4, 2)
     w = np.array([1.0, 2.0, 3.0, 4.0])
-    r = api.post("/v1/datasets", content=arrow(a, w), headers=ARROW)
+    r = api.post("/v1/datasets", content=arrow(a, w), headers=ARROW, params={"weights": "weight"})
     assert r.status_code == 201 and r.json()["weighted"] is True
+    assert r.json()["columns"] == ["x0", "x1"]
     assert r.json()["bytes"] == 4 * 2 * 8 + 4 * 8
     samples, weights = stored(api, r.json()["sha256"])
     np.testing.assert_allclose(weights, w / 10)
     assert weights.dtype == np.float64
     # The same data with weights scaled by 10, as CSV and JSON: the same dataset.
-    again = api.post("/v1/datasets", content=csv(a, w * 10), headers=CSV)
+    again = api.post(
+        "/v1/datasets", content=csv(a, w * 10), headers=CSV, params={"weights": "weight"}
+    )
     assert again.status_code == 200 and again.json()["id"] == r.json()["id"]
     again = api.post("/v1/datasets", json={"samples": a.tolist(), "weights": (w * 3).tolist()})
     assert again.status_code == 200 and again.json()["id"] == r.json()["id"]
@@ -138,20 +141,20 @@ def test_weights_are_normalised_and_scale_free(api: TestClient) -> None:
         (npy(np.ones((0, 2))), NPY, 422, "invalid-upload", ("empty",)),
         (b"", NPY, 422, "invalid-upload", ("empty",)),
         (
-            arrow(np.ones((2, 1)), np.array([1.0, -1.0])),
-            ARROW,
+            b'{"samples": [[1], [1]], "weights": [1, -1]}',
+            {"content-type": "application/json"},
             422,
             "invalid-upload",
             ("negative",),
         ),
         (
-            arrow(np.ones((2, 1)), np.array([0.0, 0.0])),
-            ARROW,
+            b'{"samples": [[1], [1]], "weights": [0, 0]}',
+            {"content-type": "application/json"},
             422,
             "invalid-upload",
             ("positive",),
         ),
-        (b"x,weight\n1,a\n", CSV, 422, "invalid-upload", ("csv",)),
+        (b"x,weight\n1,a\n", CSV, 422, "invalid-upload", ("'weight'", "line 2", "?exclude")),
         (
             b'{"samples": [[1, 2]',
             {"content-type": "application/json"},
@@ -180,16 +183,19 @@ def test_bad_uploads_are_problems(
 
 def test_weight_column_must_be_numeric(api: TestClient) -> None:
     r = api.post("/v1/datasets", content=b"x,weight\n1,2\n", headers=CSV)
-    assert r.status_code == 201
+    assert r.status_code == 201 and r.json()["columns"] == ["x", "weight"]  # a feature
     t = pa.table({"x": [1.0, 2.0], "weight": ["a", "b"]})
     buf = io.BytesIO()
     with pa.ipc.new_stream(buf, t.schema) as w:
         w.write_table(t)
     problem(
-        api.post("/v1/datasets", content=buf.getvalue(), headers=ARROW),
+        api.post(
+            "/v1/datasets", content=buf.getvalue(), headers=ARROW, params={"weights": "weight"}
+        ),
         422,
         "/problems/invalid-upload",
-        "weight",
+        "'weight'",
+        "?weights",
     )
 
 
@@ -347,6 +353,7 @@ def test_openapi_documents_every_response(api: TestClient) -> None:
         "application/octet-stream",
         "application/x-npy",
         "application/vnd.apache.arrow.stream",
+        "application/vnd.apache.parquet",
         "text/csv",
         "application/json",
     }

@@ -1,4 +1,4 @@
-"""The Arrow IPC stream reader: float columns, an optional weight column, full validation."""
+"""The Arrow IPC stream reader: numeric columns picked by name, ?weights=, full validation."""
 
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ def table_of(a: np.ndarray, weights: np.ndarray | None = None) -> pa.Table:
     return pa.table(cols)
 
 
-def run(tmp: Path, body: bytes) -> tuple[ingest.Ingested, np.ndarray]:
-    return ingest_body(tmp, ARROW, body, LIMITS)
+def run(tmp: Path, body: bytes, **options: str) -> tuple[ingest.Ingested, np.ndarray]:
+    return ingest_body(tmp, ARROW, body, LIMITS, **options)
 
 
-def rejects(tmp: Path, body: bytes, *words: str) -> None:
-    refusal(tmp, ARROW, body, LIMITS, 422, *words)
+def rejects(tmp: Path, body: bytes, *words: str, **options: str) -> None:
+    refusal(tmp, ARROW, body, LIMITS, 422, *words, **options)
 
 
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]
@@ -57,7 +57,9 @@ FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 )
 def test_round_trip_and_same_hash_as_npy(tmp_path: Path, a: np.ndarray, weighted: bool) -> None:
     w = np.arange(1, a.shape[0] + 1, dtype=np.float64) if weighted else None
-    ds, stored = run(tmp_path, stream(table_of(a, w)))
+    ds, stored = run(
+        tmp_path, stream(table_of(a, w)), **({"weights": "weight"} if weighted else {})
+    )
     np.testing.assert_array_equal(stored, a)
     assert stored.dtype == a.dtype and stored.flags.c_contiguous
     assert ds.sha256 == ingest.canonical_sha256(a, w)
@@ -77,12 +79,37 @@ def test_float16_columns_become_float32_and_mixed_widths_float64(tmp_path: Path)
     assert ds.dtype == "float64"
 
 
-def test_integer_sample_column_is_refused(tmp_path: Path) -> None:
-    rejects(tmp_path, stream(pa.table({"a": [1.0, 2.0], "b": [1, 2]})), "'b'", "int64")
+def test_integer_columns_are_float64_and_exact_only(tmp_path: Path) -> None:
+    ds, stored = run(tmp_path, stream(pa.table({"a": [1.0, 2.0], "b": [1, 2]})))
+    assert ds.dtype == "float64" and stored.tolist() == [[1.0, 1.0], [2.0, 2.0]]
+    big = pa.table({"a": [1.0, 2.0], "b": [1, 2**53 + 1]})
+    rejects(tmp_path, stream(big), "'b'", "row 1", "2**53")
+
+
+@pytest.mark.parametrize(
+    ("column", "words"),
+    [
+        (pa.array(["x", "y"]), ("'b'", "string", "?exclude=b")),
+        (pa.array([True, False]), ("'b'", "boolean", "?exclude=b")),
+    ],
+)
+def test_non_numeric_columns_name_the_fix(tmp_path: Path, column: pa.Array, words) -> None:
+    t = pa.table({"a": [1.0, 2.0], "b": column})
+    rejects(tmp_path, stream(t), *words)
+    ds, _ = run(tmp_path, stream(t), exclude="b")
+    assert ds.columns == ["a"]
+
+
+def test_field_names_are_the_columns_and_a_weight_column_is_a_feature(tmp_path: Path) -> None:
+    t = pa.table({"u": [1.0, 2.0], "weight": [70.0, 80.0], "v": [3.0, 4.0]})
+    ds, _ = run(tmp_path, stream(t))
+    assert (ds.d, ds.columns, ds.weights) == (3, ["u", "weight", "v"], None)
+    ds, stored = run(tmp_path, stream(t), weights="weight", columns="v,u")
+    assert ds.columns == ["v", "u"] and stored.tolist() == [[3.0, 1.0], [4.0, 2.0]]
 
 
 def test_nulls_are_refused(tmp_path: Path) -> None:
-    rejects(tmp_path, stream(pa.table({"a": pa.array([1.0, None])})), "null")
+    rejects(tmp_path, stream(pa.table({"a": pa.array([1.0, None])})), "'a'", "null", "row 1")
 
 
 def test_nan_is_refused(tmp_path: Path) -> None:
@@ -92,7 +119,7 @@ def test_nan_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("weights", "words"),
     [
-        (pa.array(["a", "b"]), ("weight", "numeric")),
+        (pa.array(["a", "b"]), ("'weight'", "?weights", "numbers")),
         (pa.array([1.0, -1.0]), ("negative",)),
         (pa.array([0.0, 0.0]), ("positive",)),
         (pa.array([1.0, None]), ("null",)),
@@ -100,16 +127,17 @@ def test_nan_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_bad_weight_columns_are_refused(tmp_path: Path, weights: pa.Array, words) -> None:
-    rejects(tmp_path, stream(pa.table({"a": [1.0, 2.0], "weight": weights})), *words)
+    t = pa.table({"a": [1.0, 2.0], "weight": weights})
+    rejects(tmp_path, stream(t), *words, weights="weight")
 
 
 def test_integer_weights_are_accepted(tmp_path: Path) -> None:
-    ds, _ = run(tmp_path, stream(pa.table({"a": [1.0, 2.0], "weight": [1, 3]})))
+    ds, _ = run(tmp_path, stream(pa.table({"a": [1.0, 2.0], "weight": [1, 3]})), weights="weight")
     assert ds.weights.tolist() == [0.25, 0.75]
 
 
 def test_only_a_weight_column_is_empty(tmp_path: Path) -> None:
-    rejects(tmp_path, stream(pa.table({"weight": [1.0]})), "empty")
+    rejects(tmp_path, stream(pa.table({"weight": [1.0]})), "no feature column", weights="weight")
 
 
 def test_garbage_and_truncated_streams_are_refused(tmp_path: Path) -> None:
@@ -125,7 +153,7 @@ def test_invalid_utf8_fails_full_validation(tmp_path: Path) -> None:
     t = pa.Table.from_arrays([pa.array([1.0, 2.0]), bad], names=["a", "weight"])
     with pytest.raises(pa.ArrowInvalid):
         t.validate(full=True)
-    rejects(tmp_path, stream(t), "utf")
+    rejects(tmp_path, stream(t), "utf", exclude="weight")  # validated even if not picked
 
 
 @pytest.mark.parametrize("chunk_bytes", [8, 100, 1 << 20])
@@ -138,7 +166,7 @@ def test_multi_batch_streams_in_small_row_chunks(
     buf = io.BytesIO()
     with pa.ipc.new_stream(buf, t.schema) as w:
         w.write_table(t, max_chunksize=5)
-    ds, stored = run(tmp_path, buf.getvalue())
+    ds, stored = run(tmp_path, buf.getvalue(), weights="weight")
     np.testing.assert_array_equal(stored, a)
     assert ds.sha256 == ingest.canonical_sha256(a, np.ones(37))
 

@@ -62,16 +62,24 @@ def test_flat_samples_are_n_by_one_and_integers_are_floats(tmp_path: Path) -> No
         ('{"weights": [1]}', ("samples",)),
         ('{"samples": [[1, 2]], "extra": 1}', ("extra",)),
         ('{"samples": "abc"}', ("array",)),
-        ('{"samples": [[1, 2], [3]]}', ("rectangular",)),
-        ('{"samples": [[1, "2"]]}', ("numbers",)),
-        ('{"samples": [[1, null]]}', ("numbers",)),
-        ('{"samples": [[true, false]]}', ("numbers",)),
+        ('{"samples": [[1, 2], [3]]}', ("row 1", "same columns")),
+        ('{"samples": [[1, "2"]]}', ("row 0", "column 1", '"2"', "unquoted")),
+        ('{"samples": [[1, "a"]]}', ("row 0", "column 1", '"a"', "not a number")),
+        ('{"samples": [[1, null]]}', ("null", "missing")),
+        ('{"samples": [[1, 2], [true, false]]}', ("row 1", "column 0", "boolean")),
+        ('{"samples": [[1]], "weights": [true]}', ("weight 0", "boolean")),
+        ('{"samples": [[1]], "weights": ["1"]}', ("weight 0", "unquoted")),
+        ('{"samples": [[1, ' + "9" * 5000 + "]]}", ("5000 digits", "float64 range")),
+        ('{"samples": [[1, ' + "9" * 400 + "]]}", ("400 digits", "float64 range")),
+        ('{"samples": [[1, 2]], "columns": ["a"]}', ("1 names", "2 values")),
+        ('{"samples": [[1, 2]], "columns": ["a", "a"]}', ("'a'", "unique")),
+        ('{"samples": [[1, 2]], "columns": ["a", 2]}', ("names",)),
         ('{"samples": [[1, NaN]]}', ("nan",)),
         ('{"samples": [[1, Infinity]]}', ("infinity",)),
         ('{"samples": [[1, 1e400]]}', ("non-finite",)),
         ('{"samples": []}', ("empty",)),
         ('{"samples": [[]]}', ("empty",)),
-        ('{"samples": [[[1]]]}', ("3-d",)),
+        ('{"samples": [[[1]]]}', ("not a number",)),
         ('{"samples": [[1], [2]], "weights": [1]}', ("2 samples",)),
         ('{"samples": [[1], [2]], "weights": [1, -2]}', ("negative",)),
         ('{"samples": [[1], [2]], "weights": [0, 0]}', ("positive",)),
@@ -92,3 +100,23 @@ def test_huge_finite_weights_do_not_overflow(tmp_path: Path) -> None:
 def test_limits_are_413(tmp_path: Path) -> None:
     rejects(tmp_path, json.dumps({"samples": [[0] * 9]}), "d=9", status=413)
     rejects(tmp_path, json.dumps({"samples": [[0]] * 1001}), "n=1001", status=413)
+
+
+def test_columns_member_names_the_columns_and_options_pick_them(tmp_path: Path) -> None:
+    doc = {"samples": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "columns": ["a", "w", "b"]}
+    ds, stored = run(tmp_path, json.dumps(doc))
+    assert ds.columns == ["a", "w", "b"] and ds.weights is None
+    ds, stored = ingest_body(tmp_path, JSON, json.dumps(doc), LIMITS, weights="w", exclude="b")
+    assert ds.columns == ["a"] and stored.tolist() == [[1.0], [4.0]]
+    np.testing.assert_allclose(ds.weights, [2 / 7, 5 / 7])
+    assert ds.sha256 == ingest.canonical_sha256(stored, [2, 5], ["a"])
+
+
+def test_weights_twice_are_refused(tmp_path: Path) -> None:
+    doc = {"samples": [[1.0, 2.0]], "weights": [1.0]}
+    refusal(tmp_path, JSON, json.dumps(doc), LIMITS, 422, "twice", weights="x1")
+
+
+def test_integers_within_range_are_floats(tmp_path: Path) -> None:
+    ds, stored = run(tmp_path, '{"samples": [[1, 123456789012345678901234567890]]}')
+    assert stored.tolist() == [[1.0, 1.2345678901234568e29]]
