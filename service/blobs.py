@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class BlobStore:
 
     def load_dataset(self, sha256: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """The samples (memory-mapped by default) and the weights, or None when uniform."""
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         samples = np.load(self.samples_path(sha256), mmap_mode=mode, allow_pickle=False)
         wp = self.weights_path(sha256)
         weights = np.load(wp, allow_pickle=False) if wp.exists() else None

@@ -162,7 +162,7 @@ def result(
     fitted: Estimate | None,
     seconds: float,
 ) -> dict[str, Any]:
-    """The result dict of the contract (DESIGN.md section 2), for either method.
+    """The result dict of the contract (the README's guarantees table), for either method.
 
     ``fitted`` is the lipschitz estimate (None for exact); ``exact`` the exact member or None.
     """

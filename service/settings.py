@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     exact_max_pairs: int = Field(
         25_000_000, ge=1, description="n*m up to which the exact solver runs (auto, cross-check)."
     )
-    exact_timeout_s: float = Field(600.0, gt=0)
     max_evaluate_points: int = Field(100_000, ge=1, description="Most points per /evaluate call.")
 
     # Job engine.

@@ -1,7 +1,7 @@
 """Pydantic models of the estimate resource: the request, the estimate and its result.
 
-The result mirrors the dict the job runner writes (see DESIGN.md section 2); modelling it here is
-what makes OpenAPI document every number the service returns.
+The result mirrors the dict service.policy.result builds; modelling it here is what makes OpenAPI
+document every number the service returns.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Diagnostics(BaseModel):
 
 
 class EstimateResult(BaseModel):
-    """The numbers of a finished job (DESIGN.md section 2)."""
+    """The numbers of a finished job (what each guarantees: the README's guarantees table)."""
 
     model_config = ConfigDict(extra="allow")
 

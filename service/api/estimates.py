@@ -1,7 +1,7 @@
 """Routes: estimates, the long-running jobs (submit, poll, follow, cancel, forget, use).
 
 POST answers 202 + Location at once and hands the job id to the executor; everything else reads
-the job row the worker keeps up to date. The result dict is the runner's (DESIGN.md section 2).
+the job row the worker keeps up to date. The result dict is service.policy.result's.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import anyio
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -57,11 +58,11 @@ def to_model(row: EstimateRow) -> Estimate:
     """The API view of a job row."""
     return Estimate(
         id=row.id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         source=row.source_id,
         target=row.target_id,
-        method=row.method,  # type: ignore[arg-type]
-        crosscheck=row.crosscheck,  # type: ignore[arg-type]
+        method=row.method,
+        crosscheck=row.crosscheck,
         holdout=row.holdout,
         seed=row.seed,
         config=row.config or {},
@@ -304,7 +305,7 @@ def evaluate_potential(
     if center is None or not lip:
         raise ProblemError("no-potential", f"Estimate {row.id} has no certified potential.")
     model = cache.get(path)
-    d = next(m.in_features for m in model.modules() if hasattr(m, "in_features"))
+    d = int(next(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)))
     for i, p in enumerate(body.points):
         if len(p) != d:
             raise invalid_field(f"points.{i}", f"has length {len(p)}; the potential takes d = {d}")

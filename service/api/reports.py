@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+import lipcore
 from service import report
 from service.api import errors
 from service.blobs import BlobStore
@@ -99,8 +100,7 @@ def build_png(
         and blobs.has_dataset(tgt.sha256)
     )
     if usable:
-        import lipcore
-
+        assert src is not None and tgt is not None and result is not None  # usable says so
         try:
             model = lipcore.load_potential(ppath)
             x, a = blobs.load_dataset(src.sha256, mmap=True)

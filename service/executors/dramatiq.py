@@ -83,14 +83,14 @@ def declare_actor(
     def _send_only(job_id: str) -> None:  # pragma: no cover - never runs on the API side
         raise RuntimeError("this process only enqueues jobs")
 
-    return dramatiq.actor(
-        fn or _send_only,
+    declare = dramatiq.actor(
         actor_name=ACTOR_NAME,
         queue_name=settings.broker_queue,
         broker=broker,
         max_retries=0,
         time_limit=actor_time_limit_ms(settings),
     )
+    return declare(fn or _send_only)
 
 
 def broker_heartbeat(broker: RedisBroker, queue_name: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from service.store.db import Database
+from service.store.db import Database, rowcount
 from service.store.models import EstimateRow, JobStatus
 from service.store.pages import RowPage, page
 
@@ -58,4 +58,4 @@ def delete_finished(db: Database, estimate_id: str) -> bool:
             .where(EstimateRow.id == estimate_id, EstimateRow.status.in_(FINISHED))
             .execution_options(synchronize_session=False)
         )
-    return res.rowcount == 1
+    return rowcount(res) == 1

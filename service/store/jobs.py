@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from service.store.db import Database
+from service.store.db import Database, rowcount
 from service.store.models import EstimateRow, JobStatus, utcnow
 
 RUNNING = JobStatus.running.value
@@ -55,7 +55,7 @@ def claim(db: Database, job_id: str, owner: str, lease_s: float, max_attempts: i
             )
             .execution_options(synchronize_session=False)
         )
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             return None
         attempt = s.execute(
             select(EstimateRow.attempt).where(EstimateRow.id == job_id)
@@ -106,7 +106,7 @@ def expire_lease(db: Database, job_id: str, owner: str) -> bool:
             .values(lease_expires_at=utcnow())
             .execution_options(synchronize_session=False)
         )
-        return res.rowcount == 1
+        return rowcount(res) == 1
 
 
 def _set_if_current(s: Session, c: Claim, values: dict[str, Any]) -> bool:
@@ -122,7 +122,7 @@ def _set_if_current(s: Session, c: Claim, values: dict[str, Any]) -> bool:
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 def heartbeat(
@@ -257,7 +257,7 @@ def reap(db: Database, max_attempts: int, now: datetime | None = None) -> ReapRe
                 .values(updated_at=now, lease_expires_at=None, **values)
                 .execution_options(synchronize_session=False)
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 bucket.append(job_id)
     return ReapReport(requeued, failed, cancelled)
 

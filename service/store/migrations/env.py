@@ -13,7 +13,7 @@ def run() -> None:
     conn = config.attributes.get("connection")
     if conn is None:
         engine = create_engine(
-            config.attributes.get("connection_url") or config.get_main_option("sqlalchemy.url")
+            str(config.attributes.get("connection_url") or config.get_main_option("sqlalchemy.url"))
         )
         with engine.begin() as conn:
             context.configure(
