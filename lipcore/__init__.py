@@ -13,6 +13,7 @@ from .exact import exact_w1
 from .holdout import Holdout
 from .potential import load_potential, read_potential_metadata
 from .train import Progress
+from .twosample import TwoSampleTest, exact_permutation_test, permutation_test
 from .validation import normalised_weights
 
 __all__ = [
@@ -24,11 +25,14 @@ __all__ = [
     "ExactTooLarge",
     "Holdout",
     "Progress",
+    "TwoSampleTest",
     "default_device",
     "estimate_w1",
     "evaluate",
+    "exact_permutation_test",
     "exact_w1",
     "load_potential",
     "normalised_weights",
+    "permutation_test",
     "read_potential_metadata",
 ]

@@ -478,15 +478,26 @@ def estimate_w1(
     t0 = time.perf_counter()
     prep = prepare(x, y, a, b, config=config, holdout=holdout, seed=seed, device=device)
     fitted = fit(prep.data, prep.config, seed=prep.seed, callback=callback)
+
+    def phase(name: str) -> None:
+        if callback is not None:
+            r = fitted.result
+            callback(Progress(r.steps, r.steps, r.objective, time.perf_counter() - t0, name))
+
+    phase("certifying")
     cert = certify(
         fitted, prep.x, prep.y, prep.a, prep.b, config=prep.config, device=prep.device, rng=prep.rng
+    )
+    phase("testing")
+    verdict_test = two_sample_test(
+        cert, prep.split_x, prep.split_y, prep.config.permutations, prep.seed
     )
     return Estimate(
         lower_bound=cert.lower_bound,
         lipschitz_constant=cert.lipschitz_constant,
         center=cert.center,
         holdout=hold_out(cert, prep.split_x, prep.split_y),
-        test=two_sample_test(cert, prep.split_x, prep.split_y, prep.config.permutations, prep.seed),
+        test=verdict_test,
         objective=float(fitted.result.objective),
         steps=fitted.result.steps,
         seconds=time.perf_counter() - t0,

@@ -29,12 +29,15 @@ from .network import LipschitzMLP
 
 @dataclass(frozen=True)
 class Progress:
-    """What a progress callback receives. ``objective`` is in the units of the input data."""
+    """What a progress callback receives. ``objective`` is in the units of the input data;
+    ``phase``: "training" (step of total_steps), then "certifying" and "testing" (once each,
+    step = total_steps: the potential is trained, the certificate and the test follow)."""
 
     step: int
     total_steps: int
     objective: float
     elapsed_s: float
+    phase: str = "training"
 
 
 @dataclass

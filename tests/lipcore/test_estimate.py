@@ -82,7 +82,9 @@ def test_progress_callback_reports_and_can_cancel(tiny):
     x, y = _data()
     seen: list[Progress] = []
     estimate_w1(x, y, config=tiny, callback=seen.append)
-    assert [p.step for p in seen] == list(range(tiny.progress_every, tiny.steps + 1, 10))
+    training = [p for p in seen if p.phase == "training"]
+    assert [p.step for p in training] == list(range(tiny.progress_every, tiny.steps + 1, 10))
+    assert [p.phase for p in seen[len(training) :]] == ["certifying", "testing"]
     assert all(p.total_steps == tiny.steps and math.isfinite(p.objective) for p in seen)
     assert all(b.elapsed_s >= a.elapsed_s for a, b in zip(seen, seen[1:], strict=False))
 

@@ -110,3 +110,18 @@ def test_summary_sentence() -> None:
     test = permutation_test(np.zeros(5), np.ones(5), np.zeros(5), np.ones(5), 9, rng)
     assert summary(test, 0.05).startswith("no detectable difference (p = 1")
     assert summary(None, 0.05) == "no two-sample test was run"
+
+
+def test_exact_permutation_test_and_its_noise_floor() -> None:
+    from lipcore import exact_permutation_test, exact_w1
+
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(40, 5)), rng.normal(size=(30, 5))
+    a, b = np.full(40, 1 / 40), np.full(30, 1 / 30)
+    same = exact_permutation_test(x, y, a, b, exact_w1(x, y), 49, rng, 10**6)
+    assert same.method == "exact-w1-permutation" and same.p_value > 0.05
+    # In 5-D at n = 40 the empirical W1 of one distribution is mostly noise: the floor is large.
+    assert same.null_median > 0.5 * same.statistic
+    far = y + [3.0, 0, 0, 0, 0]
+    moved = exact_permutation_test(x, far, a, b, exact_w1(x, far), 49, rng, 10**6)
+    assert moved.p_value == pytest.approx(1 / 50) and moved.statistic > 1.3 * moved.null_median
