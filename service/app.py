@@ -17,6 +17,7 @@ from service.logs import setup_logging
 from service.metrics import Metrics, MetricsMiddleware
 from service.settings import Settings
 from service.store import Database
+from service.web import install as install_web
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None) -> FastAPI:
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         version="1",
         summary="Certified Wasserstein-1 distances from 1-Lipschitz neural potentials.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: service.web, from local assets (no CDN)
+        redoc_url=None,
         generate_unique_id_function=lambda route: route.name,  # operationId: the function
     )
     app.state.settings = settings
@@ -59,5 +62,6 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.include_router(datasets.router)
     app.include_router(estimates.router)
     app.include_router(reports.router)
+    install_web(app)  # the web page (/), /docs and /redoc, /static/...
     declare_page_limit(app, settings.max_page_size)
     return app
