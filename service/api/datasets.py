@@ -61,7 +61,7 @@ class Dataset(BaseModel):
     )
     sha256: str = Field(description="Canonical hash of dtype, shape, samples and weights.")
     bytes: int = Field(description="Stored size: samples, plus 8 bytes per sample if weighted.")
-    created_at: datetime
+    created_at: datetime = Field(description="When this data was first uploaded (UTC).")
 
 
 class DatasetList(Page[Dataset]):
