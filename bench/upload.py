@@ -1,12 +1,16 @@
-"""Upload throughput and server memory: a 10^6 x 64 float32 .npy (256 MB) over loopback.
+"""Upload throughput and server memory: a 10^6 x 64 float32 array (256 MB) over loopback, as
+``.npy`` and/or as Parquet (pyarrow's default writer: snappy, dictionary, one row group).
 
-Starts the service as a real process (uvicorn, embedded mode, a fresh data folder), streams the
-file with httpx, and reports MB/s (10^6 bytes per second, whole request: send, validation,
-hashing, storage and answer) and the growth of the server's peak resident memory (VmHWM) over its
-resident memory before the first upload, against the array size. Each run changes one value so
-that every upload is new data (201), then the last array is sent once more (the 200 path).
+Starts the service as a real process (uvicorn, embedded mode, a fresh data folder; a fresh server
+per format), streams the file with httpx, and reports MB/s (10^6 bytes of the file per second,
+whole request: send, validation, hashing, storage and answer) and the growth of the server's peak
+resident memory (VmHWM) over its resident memory before the first upload, against the array
+size. Each run changes one value so that every upload is new data (201), then the last file is
+sent once more (the 200 path). With both formats, the last new data of each must get the same
+sha256 (one dataset whatever the format).
 
     .venv/bin/python bench/upload.py [--n 1000000] [--d 64] [--runs 3] [--baselines]
+                                     [--formats npy,parquet]
 
 ``--baselines`` also sends the same file through raw TCP loopback and through a bare Starlette
 route that only writes the body to a file: the ceilings of this machine, at this moment (on a
@@ -177,79 +181,129 @@ def bump(path: Path, run: int) -> None:
     del mm
 
 
+CONTENT_TYPES = {"npy": "application/x-npy", "parquet": "application/vnd.apache.parquet"}
+
+
+def write_parquet(array: Path, out: Path) -> None:
+    """The array as a Parquet file with columns x0 … x{d-1}, pyarrow's default writer options."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mm = np.load(array, mmap_mode="r")
+    table = pa.table({f"x{j}": np.ascontiguousarray(mm[:, j]) for j in range(mm.shape[1])})
+    del mm
+    pq.write_table(table, out)
+
+
+def measure(fmt: str, array: Path, tmp_path: Path, runs: int, nbytes: int) -> dict:
+    """``runs`` new uploads of ``fmt`` and one repeat against a fresh server: the figures."""
+    body = array if fmt == "npy" else tmp_path / "x.parquet"
+    port = free_port()
+    env = {
+        **os.environ,
+        "LIPWASS_DATA_DIR": str(tmp_path / f"data-{fmt}"),
+        "LIPWASS_LOG_LEVEL": "INFO",
+        "LIPWASS_MAX_BODY_BYTES": str(4 * 1024**3),
+    }
+    cmd = uvicorn_cmd("service.app:create_app", port, "--factory")
+    log_path = tmp_path / f"server-{fmt}.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed below
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(cmd, env, log_file, f"{base}/healthz")
+    try:
+        before = proc_status(server.pid)
+        rates, codes, cpu, loads, sha = [], [], [], [], ""
+        with httpx.Client(timeout=600) as client:
+            for run in range(runs + 1):
+                if run < runs:
+                    bump(array, run)
+                    if fmt == "parquet":
+                        write_parquet(array, body)  # not timed
+                size = body.stat().st_size
+                headers = {"content-type": CONTENT_TYPES[fmt], "content-length": str(size)}
+                c0, t0 = cpu_seconds(server.pid), time.perf_counter()
+                r = client.post(f"{base}/v1/datasets", content=chunks(body), headers=headers)
+                dt = time.perf_counter() - t0
+                cpu.append(cpu_seconds(server.pid) - c0)
+                if r.status_code not in (200, 201):
+                    raise SystemExit(f"upload failed: {r.status_code} {r.text}")
+                codes.append(r.status_code)
+                rates.append(size / dt / 1e6)
+                loads.append(os.getloadavg()[0])
+                sha = r.json()["sha256"]
+                print(
+                    f"{fmt} run {run}: HTTP {r.status_code} {dt:.2f} s {size / dt / 1e6:.0f} MB/s "
+                    f"({nbytes / dt / 1e6:.0f} MB/s of array), server CPU {cpu[-1]:.2f} s, "
+                    f"load average {loads[-1]:.1f}"
+                )
+        after = proc_status(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log_file.close()
+    for line in log_path.read_text().splitlines():
+        if '"dataset upload' in line:
+            print("server:", json.loads(line)["msg"])
+    return {
+        "size": body.stat().st_size,
+        "rates": rates,
+        "codes": codes,
+        "cpu": cpu,
+        "growth": after["VmHWM"] - before["VmRSS"],
+        "before": before["VmRSS"],
+        "peak": after["VmHWM"],
+        "sha256": sha,
+        "loads": loads,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--formats", default="npy", help="comma-separated: npy, parquet")
     ap.add_argument(
         "--baselines", action="store_true", help="also time raw TCP and a bare Starlette route"
     )
     args = ap.parse_args()
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not formats or set(formats) - set(CONTENT_TYPES):
+        raise SystemExit(f"--formats: choose among {', '.join(CONTENT_TYPES)}")
 
+    results = {}
     with tempfile.TemporaryDirectory(prefix="lipwass-bench-upload-") as tmp:
         tmp_path = Path(tmp)
         array = tmp_path / "x.npy"
         nbytes = make_array(array, args.n, args.d)
-        size = array.stat().st_size
-        port = free_port()
-        env = {
-            **os.environ,
-            "LIPWASS_DATA_DIR": str(tmp_path / "data"),
-            "LIPWASS_LOG_LEVEL": "INFO",
-            "LIPWASS_MAX_BODY_BYTES": str(4 * 1024**3),
-        }
-        cmd = uvicorn_cmd("service.app:create_app", port, "--factory")
-        log_path = tmp_path / "server.log"
-        log_file = open(log_path, "w")  # noqa: SIM115 - closed below
-        base = f"http://127.0.0.1:{port}"
-        server = start_server(cmd, env, log_file, f"{base}/healthz")
-        try:
-            before = proc_status(server.pid)
-            rates, codes, cpu = [], [], []
-            with httpx.Client(timeout=600) as client:
-                for run in range(args.runs + 1):
-                    if run < args.runs:
-                        bump(array, run)
-                    headers = {"content-type": "application/x-npy", "content-length": str(size)}
-                    c0, t0 = cpu_seconds(server.pid), time.perf_counter()
-                    r = client.post(f"{base}/v1/datasets", content=chunks(array), headers=headers)
-                    dt = time.perf_counter() - t0
-                    cpu.append(cpu_seconds(server.pid) - c0)
-                    if r.status_code not in (200, 201):
-                        raise SystemExit(f"upload failed: {r.status_code} {r.text}")
-                    codes.append(r.status_code)
-                    rates.append(size / dt / 1e6)
-                    print(
-                        f"run {run}: HTTP {r.status_code} {dt:.2f} s {size / dt / 1e6:.0f} MB/s, "
-                        f"server CPU {cpu[-1]:.2f} s, load average {os.getloadavg()[0]:.1f}"
-                    )
-            after = proc_status(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            log_file.close()
-        for line in log_path.read_text().splitlines():
-            if '"dataset upload' in line:
-                print("server:", json.loads(line)["msg"])
+        for fmt in formats:
+            make_array(array, args.n, args.d)  # the same data for every format
+            results[fmt] = measure(fmt, array, tmp_path, args.runs, nbytes)
         if args.baselines:
-            baselines(array, size, tmp_path, args.runs)
-    growth = after["VmHWM"] - before["VmRSS"]
-    new = rates[: args.runs]
-    print(
-        f"upload {args.n} x {args.d} float32 .npy ({size / 1e6:.0f} MB): "
-        f"median {statistics.median(new):.0f} MB/s over {args.runs} new uploads "
-        f"(min {min(new):.0f}, max {max(new):.0f}); same data again (HTTP {codes[-1]}): "
-        f"{rates[-1]:.0f} MB/s"
-    )
-    print(
-        f"server CPU per new upload: median {statistics.median(cpu[: args.runs]):.2f} s "
-        f"(= {size / statistics.median(cpu[: args.runs]) / 1e6:.0f} MB per CPU second)"
-    )
-    print(
-        f"server RSS before {before['VmRSS'] / 1e6:.0f} MB, peak {after['VmHWM'] / 1e6:.0f} MB: "
-        f"growth {growth / 1e6:.0f} MB = {growth / nbytes:.2f} x the array ({nbytes / 1e6:.0f} MB)"
-    )
+            baselines(array, array.stat().st_size, tmp_path, args.runs)
+    for fmt, res in results.items():
+        new, cpu = res["rates"][: args.runs], res["cpu"][: args.runs]
+        size, growth = res["size"], res["growth"]
+        print(
+            f"upload {args.n} x {args.d} float32 as {fmt} ({size / 1e6:.0f} MB file, "
+            f"{nbytes / 1e6:.0f} MB array): median {statistics.median(new):.0f} MB/s of file "
+            f"({statistics.median(new) * nbytes / size:.0f} MB/s of array) over {args.runs} new "
+            f"uploads (min {min(new):.0f}, max {max(new):.0f}); same data again "
+            f"(HTTP {res['codes'][-1]}): {res['rates'][-1]:.0f} MB/s; load average "
+            f"{min(res['loads']):.1f}-{max(res['loads']):.1f}"
+        )
+        print(
+            f"  server CPU per new upload: median {statistics.median(cpu):.2f} s "
+            f"(= {size / statistics.median(cpu) / 1e6:.0f} MB of file per CPU second)"
+        )
+        print(
+            f"  server RSS before {res['before'] / 1e6:.0f} MB, peak {res['peak'] / 1e6:.0f} MB: "
+            f"growth {growth / 1e6:.0f} MB = {growth / nbytes:.2f} x the array "
+            f"({nbytes / 1e6:.0f} MB)"
+        )
+    if len(results) > 1:
+        shas = {fmt: res["sha256"] for fmt, res in results.items()}
+        print(f"same dataset (sha256) in every format: {len(set(shas.values())) == 1} {shas}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import io
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,6 +361,45 @@ def all_finite(chunk: np.ndarray) -> bool:
     return bool(np.isfinite(chunk).all())
 
 
+class _HashWriter:
+    """Hashes (and writes, when ``f`` is a file) C-order chunks on one thread beside the caller,
+    so that reading the next chunk (decoding Parquet, parsing, gathering columns) overlaps the
+    sha256 and the disk write: both release the GIL. At most ``depth`` chunks wait."""
+
+    def __init__(self, h: Any, f: Any, depth: int = 2) -> None:
+        self.h, self.f = h, f
+        self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="canonical-writer", daemon=True)
+
+    def __enter__(self) -> _HashWriter:
+        self.thread.start()
+        return self
+
+    def put(self, c: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(c)
+
+    def _run(self) -> None:
+        while (c := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain, so that put() never blocks on a dead writer
+            try:
+                view = c.data.cast("B")
+                self.h.update(view)
+                if self.f is not None:
+                    self.f.write(view)
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+                self.error = e
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
 def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) -> Ingested:
     """Validate ``parsed`` and write (or reuse) its canonical ``.npy``, hashing it on the way.
 
@@ -398,18 +439,15 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) 
     with open(out, "wb") if not reuse else contextlib.nullcontext() as f:
         if f is not None:
             f.write(npy_header(target, n, d))
-        for chunk in parsed.chunks(rows):
-            c = chunk if chunk.dtype == target else chunk.astype(target)
-            if c.ndim != 2 or c.shape[1] != d:
-                raise invalid(f"inconsistent row length near row {seen}: expected {d} columns")
-            if not all_finite(c):
-                raise invalid("samples must be finite: " + _first_non_finite(c, seen, columns))
-            c = np.ascontiguousarray(c)
-            view = c.data.cast("B")
-            h.update(view)
-            if f is not None:
-                f.write(view)
-            seen += c.shape[0]
+        with _HashWriter(h, f) as sink:
+            for chunk in parsed.chunks(rows):
+                c = chunk if chunk.dtype == target else chunk.astype(target)
+                if c.ndim != 2 or c.shape[1] != d:
+                    raise invalid(f"inconsistent row length near row {seen}: expected {d} columns")
+                if not all_finite(c):
+                    raise invalid("samples must be finite: " + _first_non_finite(c, seen, columns))
+                sink.put(np.ascontiguousarray(c))
+                seen += c.shape[0]
     if seen != n:
         raise invalid(f"the data holds {seen} rows where the header announced {n}")
     nbytes = n * d * target.itemsize + (n * 8 if weights is not None else 0)

@@ -19,8 +19,12 @@ from service.ingest.arrow import block, plan, weights_of
 from service.ingest.base import Limits, Options, Parsed, check_shape, invalid
 
 WHAT = "Parquet"
-#: Bytes of a column chunk read at a time (pages are decoded from this buffer, not all at once).
-READ_BUFFER = 8 * 1024 * 1024
+#: Bytes of a column chunk read at a time: every picked column has its own buffer, so a small
+#: one keeps a wide file's reader small (8 MB x 64 columns would be 512 MB).
+READ_BUFFER = 64 * 1024
+#: Rows per batch: about this many bytes of samples (the reader's own memory, its dictionaries
+#: and pages for every column, dominates; smaller batches save a little more).
+BATCH_BYTES = 2 * 1024 * 1024
 
 
 def _open(path: Path) -> pq.ParquetFile:
@@ -47,7 +51,8 @@ def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
         seen = 0
         try:
             reader = _open(path)
-            for batch in reader.iter_batches(batch_size=rows, columns=picked, use_threads=True):
+            size = max(1, min(rows, BATCH_BYTES // (len(picked) * p.dtype.itemsize)))
+            for batch in reader.iter_batches(batch_size=size, columns=picked, use_threads=True):
                 yield block(batch, p, seen, WHAT)
                 seen += batch.num_rows
         except (pa.ArrowException, OSError) as e:
