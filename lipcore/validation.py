@@ -1,6 +1,14 @@
-"""Validation of the user's sample sets and weights: a clear ValueError, never a wrong number."""
+"""Validation of the user's sample sets and weights: a clear ValueError, never a wrong number.
+
+Samples may be numpy arrays (or anything ``np.asarray`` reads), torch tensors, or data frames:
+pandas and polars DataFrames and pyarrow Tables, recognised by their type's module (none of
+those libraries is imported here, nor needed unless the object is one of theirs). A frame's
+columns must all be numeric; two frames must have the same columns in the same order.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,9 +19,69 @@ WEIGHT_SUM_TOL = 1e-6
 _CHUNK = 1 << 20  # elements checked at a time for finiteness (bounded temporary memory)
 
 
+def _library(x: object) -> str:
+    """The top-level package of ``x``'s type: 'pandas', 'polars', 'pyarrow', 'numpy', ..."""
+    return type(x).__module__.split(".", 1)[0]
+
+
+def is_frame(x: object) -> bool:
+    """Whether ``x`` is a pandas or polars DataFrame or a pyarrow Table (by duck type)."""
+    lib = _library(x)
+    if lib in ("pandas", "polars"):
+        return type(x).__name__ == "DataFrame"
+    return lib == "pyarrow" and type(x).__name__ == "Table"
+
+
+def column_names(x: object) -> list[str] | None:
+    """The column names of a frame (:func:`is_frame`), else None."""
+    if not is_frame(x):
+        return None
+    f: Any = x
+    names = f.column_names if _library(x) == "pyarrow" else f.columns
+    return [str(c) for c in names]
+
+
+def _frame_to_numpy(x: object, name: str) -> np.ndarray:
+    """A frame's columns as an (n, d) array; a non-numeric or null-holding column is named."""
+    f: Any = x
+    names = column_names(x) or []
+    if _library(x) == "pyarrow":
+        cols = [f.column(i) for i in range(f.num_columns)]
+    else:
+        cols = [f[c] for c in f.columns]
+    parts: list[np.ndarray] = []
+    for label, col in zip(names, cols, strict=True):
+        lib = _library(x)
+        if lib == "pyarrow":
+            nulls = col.null_count
+        elif lib == "polars":
+            nulls = col.null_count()
+        else:  # pandas: NaN, None and NA alike
+            nulls = int(col.isna().sum())
+        if nulls:
+            raise ValueError(f"{name}: column {label!r} has {nulls} missing values")
+        values = np.asarray(col.to_numpy())
+        if values.dtype == object or not (
+            np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
+        ):
+            raise ValueError(
+                f"{name}: column {label!r} is not numeric (dtype {values.dtype}): drop it first"
+            )
+        parts.append(values)
+    if not parts:
+        raise ValueError(f"{name}: the frame has no columns")
+    dtype = np.result_type(*parts)
+    out = np.empty((len(parts[0]), len(parts)), dtype=dtype)
+    for j, values in enumerate(parts):
+        out[:, j] = values
+    return out
+
+
 def _to_numpy(x: object, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
+    elif is_frame(x):
+        return _frame_to_numpy(x, name)
     try:
         arr = np.asarray(x)
     except Exception as exc:  # noqa: BLE001 - ragged lists and the like
@@ -96,6 +164,14 @@ def as_weights(w: object, n: int, name: str) -> np.ndarray:
     return normalised_weights(arr, n)
 
 
+def check_columns(x: object, y: object) -> None:
+    """Two frames must name the same columns in the same order (else the features would be
+    compared crosswise); arrays, or a frame with an array, are not checked."""
+    cx, cy = column_names(x), column_names(y)
+    if cx is not None and cy is not None and cx != cy:
+        raise ValueError(f"x and y: different columns, x has {cx} and y has {cy}")
+
+
 def check_pair(x: np.ndarray, y: np.ndarray) -> None:
     if x.shape[1] != y.shape[1]:
         raise ValueError(
@@ -106,6 +182,7 @@ def check_pair(x: np.ndarray, y: np.ndarray) -> None:
 def validate_inputs(
     x: object, y: object, a: object, b: object
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    check_columns(x, y)
     xs = as_samples(x, "x")
     ys = as_samples(y, "y")
     check_pair(xs, ys)

@@ -2,11 +2,14 @@
 
     lipwass serve [--host 127.0.0.1] [--port 8000] [--data-dir ./lipwass-data]
     lipwass estimate X Y [--server URL] [--method auto|lipschitz|exact] [--steps N] [--json]
-    lipwass exact X Y [--json]
+                         [--weights COL] [--columns A,B] [--exclude C] [--header auto|true|false]
+                         [--delimiter D]
+    lipwass exact X Y [--json] [the same column flags]
     lipwass migrate
     lipwass worker [--gpu N] [--check]
 
-X and Y are files in any upload format (.npy, .csv, .json, .arrow). Without ``--server`` (or
+X and Y are files in any upload format (.npy, .csv, .tsv, .json, .arrow, .parquet), read with
+the same column and weight flags as an upload (nothing implicit). Without ``--server`` (or
 ``LIPWASS_SERVER``) ``estimate`` runs in this process: lipcore directly, plus the exact
 cross-check when the inputs are small, with the same result fields as the service.
 """
@@ -19,7 +22,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -34,10 +36,18 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # -- reading files ----------------------------------------------------------------------------
 def load_dataset(
-    path: str | os.PathLike, settings: Any = None
+    path: str | os.PathLike, settings: Any = None, options: Any = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Samples and normalised weights (None: uniform) of a file, parsed and validated exactly
     as an upload of it would be (service.ingest): the CLI accepts exactly the upload formats."""
+    samples, weights, _ = load_table(path, settings, options)
+    return samples, weights
+
+
+def load_table(
+    path: str | os.PathLike, settings: Any = None, options: Any = None
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """:func:`load_dataset` and the column names; ``options``: an ``ingest.Options``."""
     from service import ingest
     from service.client import CONTENT_TYPES
     from service.settings import Settings
@@ -59,11 +69,45 @@ def load_dataset(
     with tempfile.TemporaryDirectory(prefix="lipwass-") as tmp:
         out = Path(tmp) / "canonical.npy"
         try:
-            got = ingest.ingest(p, ingest.format_for(ctype), limits, out)
+            got = ingest.ingest(p, ingest.format_for(ctype), limits, out, options=options)
         except ingest.IngestError as exc:
             raise ValueError(f"{p}: {exc.detail}") from None
         samples = np.load(got.samples_file, allow_pickle=False)
-    return samples, got.weights
+    return samples, got.weights, got.columns
+
+
+def _options(args: argparse.Namespace) -> Any:
+    """The column and weight flags as ingest options (a ValueError names a bad flag)."""
+    from service import ingest
+
+    try:
+        return ingest.Options.from_query(
+            weights=args.weights,
+            columns=args.columns,
+            exclude=args.exclude,
+            header=args.header,
+            delimiter=args.delimiter,
+        )
+    except ingest.IngestError as exc:
+        flag = exc.detail.replace("?", "--").replace("=", " ", 1)
+        raise ValueError(flag) from None
+
+
+def _load_pair(
+    args: argparse.Namespace, settings: Any
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """X and Y read with the same flags; their columns must agree (count, and names when
+    both files name them)."""
+    options = _options(args)
+    x, a, cx = load_table(args.x, settings, options)
+    y, b, cy = load_table(args.y, settings, options)
+    named = [cols != [f"x{j}" for j in range(len(cols))] for cols in (cx, cy)]
+    if x.shape[1] != y.shape[1] or (all(named) and cx != cy):
+        raise ValueError(
+            f"X has d={x.shape[1]} columns {cx} and Y has d={y.shape[1]} columns {cy}: they "
+            "must be the same (pick them with --columns or --exclude)"
+        )
+    return x, a, y, b
 
 
 # -- progress ---------------------------------------------------------------------------------
@@ -77,14 +121,24 @@ class ProgressBar:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.last_decile = -1
         self.shown = False
+        self.phase = "training"
 
     def __call__(self, p: Any) -> None:
         get = p.get if isinstance(p, dict) else lambda k, _d=None: getattr(p, k, _d)
         step, total = int(get("step", 0) or 0), int(get("total_steps", 0) or 0)
         objective, elapsed = get("objective"), float(get("elapsed_s", 0.0) or 0.0)
+        phase = str(get("phase", "training") or "training")
         frac = min(step / total, 1.0) if total > 0 else 0.0
         obj = f"{objective:.5g}" if isinstance(objective, int | float) else "-"
         text = f"step {step}/{total}  objective {obj}  {elapsed:.1f}s"
+        if phase != "training":
+            text = f"{phase}...  (trained: {step} steps)  {elapsed:.1f}s"
+            if not self.tty and phase != self.phase:
+                self.phase = phase
+                self.stream.write(f"     {text}\n")
+                self.stream.flush()
+                return
+        self.phase = phase
         if self.tty:
             done = int(round(frac * self.width))
             bar = "#" * done + "-" * (self.width - done)
@@ -115,6 +169,7 @@ def estimate_local(
     method: str = "auto",
     crosscheck: str = "auto",
     holdout: float = 0.2,
+    alpha: float = 0.05,
     seed: int = 0,
     config: dict[str, Any] | None = None,
     device: str | None = None,
@@ -123,13 +178,11 @@ def estimate_local(
 ) -> tuple[dict[str, Any], lipcore.Estimate | None]:
     """The service's result contract computed in this process; returns (result, Estimate|None).
 
-    The same decision as the service's (service.policy), with no server limits but
-    ``exact_max_pairs``: auto is exact when n*m <= exact_max_pairs (or d = 1), else lipschitz.
+    The same decision and the same pipeline as the service's (service.policy, runner.compute),
+    with no server limits but ``exact_max_pairs``.
     """
-    import lipcore
     from service import policy, runner
 
-    t0 = time.perf_counter()
     chosen = policy.plan(
         method=method,
         crosscheck=crosscheck,
@@ -140,22 +193,19 @@ def estimate_local(
         config=config,
         limits=policy.Limits(exact_max_pairs=exact_max_pairs),
     )
-    exact = runner.solve_exact(x, y, a, b, exact_max_pairs) if chosen.run_exact else None
-    est = None
-    if chosen.fits_potential:
-        est = lipcore.estimate_w1(
-            x,
-            y,
-            a,
-            b,
-            config=chosen.config,
-            holdout=holdout,
-            seed=seed,
-            device=device,
-            callback=callback,
-        )
-    result = policy.result(chosen, exact=exact, fitted=est, seconds=time.perf_counter() - t0)
-    return result, est
+    return runner.compute(
+        x,
+        y,
+        a,
+        b,
+        chosen,
+        holdout=holdout,
+        seed=seed,
+        alpha=alpha,
+        device=device,
+        exact_max_pairs=exact_max_pairs,
+        callback=callback,
+    )
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -170,6 +220,19 @@ def _g(v: Any, digits: int = 6) -> str:
 def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str:
     """A readable table of a result (the service's contract)."""
     rows: list[tuple[str, str]] = []
+    distance = result.get("distance")
+    if isinstance(distance, dict):
+        lo, hi = (distance.get("ci95") or [None, None])[:2]
+        rows.append(
+            ("distance", f"{_g(distance.get('value'), 4)}  95% CI [{_g(lo, 4)}, {_g(hi, 4)}]"
+             "  (W1 between the distributions, held-out)")
+        )  # fmt: skip
+    verdict = result.get("verdict")
+    if isinstance(verdict, dict):
+        rows.append(
+            ("test", f"p = {_g(verdict.get('p_value'), 3)}  ({verdict.get('test')}, "
+             f"{verdict.get('permutations')} permutations, alpha {_g(verdict.get('alpha'))})")
+        )  # fmt: skip
     if estimate_id:
         rows.append(("estimate", estimate_id))
     rows.append(("method", _g(result.get("method"))))
@@ -192,6 +255,12 @@ def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str
         rows.append(
             ("exact", f"{_g(ex.get('value'))}  ({ex.get('solver')}, {_g(ex.get('seconds'), 3)} s)")
         )
+    floor = result.get("noise_floor")
+    if isinstance(floor, dict):
+        rows.append(
+            ("noise_floor", f"{_g(floor.get('value'))}  (exact W1 of relabelled samples: the "
+             "empirical figure of two samples of one distribution)")
+        )  # fmt: skip
     if result.get("relative_gap") is not None:
         rows.append(("relative_gap", f"{100 * float(result['relative_gap']):.3g} %"))
     diag = result.get("diagnostics")
@@ -204,7 +273,18 @@ def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str
     rows.append(("device", _g(result.get("device"))))
     rows.append(("seconds", _g(result.get("seconds"), 3)))
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    lines = [headline(result)]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += [f"note: {n}" for n in result.get("notes") or []]
+    return "\n".join(lines)
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The answer in one sentence: the verdict's summary, or what was measured without one."""
+    verdict = result.get("verdict")
+    if isinstance(verdict, dict) and verdict.get("summary"):
+        return str(verdict["summary"])
+    return f"no two-sample test: empirical W1 of these samples {_g(result.get('w1'))}"
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -261,6 +341,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     config = _config(args)
     bar = ProgressBar() if not args.quiet else None
     server = args.server or os.environ.get("LIPWASS_SERVER")
+    out: tuple[dict[str, Any], str | None]
     try:
         if server:
             out = _estimate_remote(args, server, config, bar)
@@ -284,9 +365,13 @@ def _estimate_remote(
     from service.client import Client
 
     with Client(server, timeout=args.timeout) as c:
+        _options(args)  # a bad flag is refused here, before any upload
+        upload = {k: getattr(args, k) for k in ("columns", "exclude", "header", "delimiter")}
         est = c.estimate(
-            args.x, args.y, method=args.method, wait=False, crosscheck=args.crosscheck,
-            holdout=args.holdout, seed=args.seed, config=config,
+            args.x, args.y, a=args.weights, b=args.weights, method=args.method, wait=False,
+            crosscheck=args.crosscheck, holdout=args.holdout, alpha=args.alpha, seed=args.seed,
+            config=config,
+            upload={k: v for k, v in upload.items() if v is not None},
         )  # fmt: skip
         try:
             est = c.wait(est["id"], on_progress=bar)
@@ -305,13 +390,10 @@ def _estimate_here(
     args: argparse.Namespace, config: dict[str, Any], bar: Any
 ) -> tuple[dict[str, Any], None]:
     settings = _settings(args)
-    x, a = load_dataset(args.x, settings)
-    y, b = load_dataset(args.y, settings)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"X has d={x.shape[1]} columns and Y has d={y.shape[1]}: they must match")
+    x, a, y, b = _load_pair(args, settings)
     result, est = estimate_local(
         x, y, a, b, method=args.method, crosscheck=args.crosscheck, holdout=args.holdout,
-        seed=args.seed, config=config, device=args.device or settings.device,
+        alpha=args.alpha, seed=args.seed, config=config, device=args.device or settings.device,
         exact_max_pairs=settings.exact_max_pairs, callback=bar,
     )  # fmt: skip
     if args.potential and est is not None:
@@ -320,7 +402,7 @@ def _estimate_here(
         from service import report
 
         inp = report.ReportInputs(
-            title=f"{args.x} -> {args.y}",
+            title=headline(result),
             numbers=report.summary_numbers("succeeded", result),
             history=np.asarray(est.history, float) if est is not None and est.history else None,
         )
@@ -338,10 +420,7 @@ def cmd_exact(args: argparse.Namespace) -> int:
     from service import runner
 
     settings = _settings(args)
-    x, a = load_dataset(args.x, settings)
-    y, b = load_dataset(args.y, settings)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"X has d={x.shape[1]} columns and Y has d={y.shape[1]}: they must match")
+    x, a, y, b = _load_pair(args, settings)
     exact = runner.solve_exact(x, y, a, b, args.max_pairs or settings.exact_max_pairs)
     value, seconds = exact["value"], exact["seconds"]
     if args.json:
@@ -380,6 +459,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return int(worker.main(_settings(args), gpu=args.gpu, check_only=args.check))
 
 
+def _column_flags(p: argparse.ArgumentParser) -> None:
+    """The upload's column and weight options, applied to both files (nothing implicit)."""
+    g = p.add_argument_group("columns and weights (both files; as the upload's ?options)")
+    g.add_argument("--weights", metavar="COL", help="the column holding the sample weights")
+    g.add_argument("--columns", metavar="A,B", help="feature columns to keep, in this order")
+    g.add_argument("--exclude", metavar="C,D", help="columns to drop (an index, a label)")
+    g.add_argument(
+        "--header",
+        choices=["auto", "true", "false"],
+        help="CSV: does line 1 name the columns (auto: yes if no field is a number)",
+    )
+    g.add_argument("--delimiter", help="CSV: , ; | or tab (default: detected)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lipwass",
@@ -395,12 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("estimate", help="estimate W1(X, Y) (in-process, or with --server)")
-    e.add_argument("x", metavar="X", help="source samples: .npy, .csv, .json or .arrow")
+    e.add_argument(
+        "x", metavar="X", help="source samples: .npy, .csv, .tsv, .json, .arrow or .parquet"
+    )
     e.add_argument("y", metavar="Y", help="target samples: same formats")
+    _column_flags(e)
     e.add_argument("--server", help="lipwass URL (default: LIPWASS_SERVER; unset: in-process)")
     e.add_argument("--method", default="auto", choices=["auto", "lipschitz", "exact"])
     e.add_argument("--crosscheck", default="auto", choices=["auto", "always", "never"])
     e.add_argument("--holdout", type=float, default=0.2, help="fraction held out (default 0.2)")
+    e.add_argument(
+        "--alpha", type=float, default=0.05, help="level of the two-sample test (default 0.05)"
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--steps", type=int, help="most training steps")
     e.add_argument("--width", type=int)
@@ -420,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("exact", help="exact W1(X, Y) (POT, or the closed form for d = 1)")
     x.add_argument("x", metavar="X")
     x.add_argument("y", metavar="Y")
+    _column_flags(x)
     x.add_argument("--max-pairs", type=int, help="largest n*m (default: LIPWASS_EXACT_MAX_PAIRS)")
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_exact)

@@ -25,15 +25,23 @@ import numpy as np
 CONTENT_TYPES = {
     ".npy": "application/x-npy",
     ".csv": "text/csv",
+    ".tsv": "text/csv",
     ".json": "application/json",
     ".arrow": "application/vnd.apache.arrow.stream",
     ".arrows": "application/vnd.apache.arrow.stream",
     ".ipc": "application/vnd.apache.arrow.stream",
+    ".parquet": "application/vnd.apache.parquet",
+    ".pq": "application/vnd.apache.parquet",
 }
+#: The upload's query options (see the README): which columns, which holds the weights, CSV.
+UPLOAD_OPTIONS = ("columns", "exclude", "header", "delimiter")
 CHUNK = 1 << 20
 FINISHED = ("succeeded", "failed", "cancelled")
 
-ArrayOrPath = np.ndarray | str | os.PathLike
+#: An array, a file path, or a data frame (pandas, polars) or pyarrow Table.
+ArrayOrPath = np.ndarray | str | os.PathLike | Any
+#: Weights: one per sample, or (a str) the name of the column that holds them.
+Weights = np.ndarray | list[float] | str | None
 
 
 class LipwassError(Exception):
@@ -84,25 +92,86 @@ def _npy_stream(a: np.ndarray) -> Iterator[bytes]:
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
     yield head.getvalue()
-    flat = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
+    flat = a.reshape(-1).data.cast("B") if a.size else memoryview(b"")
     for i in range(0, len(flat), CHUNK):
         yield bytes(flat[i : i + CHUNK])
 
 
-def _arrow_bytes(a: np.ndarray, weights: np.ndarray) -> bytes:
-    """An Arrow IPC stream: one float column per dimension and a ``weight`` column."""
+def _frame_table(data: Any) -> Any:
+    """A pandas or polars DataFrame, or a pyarrow Table, as a pyarrow Table (names kept as
+    strings); None for anything else. pandas and polars are never imported here."""
+    from lipcore.validation import is_frame
+
+    if not is_frame(data):
+        return None
+    import pyarrow as pa
+
+    lib = type(data).__module__.split(".", 1)[0]
+    if lib == "pandas":
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    elif lib == "polars":
+        table = data.to_arrow()
+    else:
+        table = data
+    return table.rename_columns([str(c) for c in table.column_names])
+
+
+def _array_table(a: np.ndarray) -> Any:
+    """An (n, d) array as a pyarrow Table with columns x0 … x{d-1}."""
     import pyarrow as pa
 
     a = np.asarray(a)
     if a.ndim == 1:
         a = a.reshape(-1, 1)
-    cols = {f"x{j}": pa.array(np.ascontiguousarray(a[:, j])) for j in range(a.shape[1])}
-    cols["weight"] = pa.array(np.asarray(weights, dtype=np.float64).reshape(-1))
-    table = pa.table(cols)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return pa.table({f"x{j}": np.ascontiguousarray(a[:, j]) for j in range(a.shape[1])})
+
+
+def _with_weights(table: Any, weights: Any) -> tuple[Any, str]:
+    """``table`` with a column of ``weights`` under a name it does not use: (table, name)."""
+    name = "weight"
+    while name in table.column_names:
+        name = "_" + name
+    return table.append_column(name, [np.asarray(weights, dtype=np.float64).reshape(-1)]), name
+
+
+def _arrow_stream(table: Any) -> Iterator[bytes]:
+    """The Arrow IPC stream of ``table``, a record batch at a time (no second copy in memory)."""
+    import pyarrow as pa
+
+    class Pending:
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            self.closed = False
+
+        def write(self, b: Any) -> int:
+            self.parts.append(bytes(b))
+            return len(b)
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+        def take(self) -> bytes:
+            out, self.parts = b"".join(self.parts), []
+            return out
+
+    out = Pending()
+    writer = pa.ipc.new_stream(out, table.schema)
+    yield out.take()
+    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    for batch in table.to_batches(max_chunksize=max(1, 8 * CHUNK // row_bytes)):
+        writer.write_batch(batch)
+        yield out.take()
+    writer.close()
+    yield out.take()
+
+
+def _named(ds: dict[str, Any]) -> bool:
+    """Whether a dataset's columns are names (not the x0 … x{d-1} of unnamed data)."""
+    cols: list[str] = ds.get("columns") or []
+    return bool(cols) and cols != [f"x{j}" for j in range(len(cols))]
 
 
 def _file_stream(path: Path) -> Iterator[bytes]:
@@ -113,7 +182,7 @@ def _file_stream(path: Path) -> Iterator[bytes]:
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
     """(event, data) pairs of a Server-Sent Events stream; data JSON-decoded when it parses."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in lines:
         if line == "":
             if data:
@@ -123,7 +192,7 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
                 except ValueError:
                     value = text
                 yield event, value
-            event, data = "message", []
+            event, data = "message", list[str]()
         elif line.startswith(":"):
             continue
         else:
@@ -171,15 +240,28 @@ class Client:
     def upload(
         self,
         data: ArrayOrPath,
-        weights: np.ndarray | list[float] | None = None,
+        weights: Weights = None,
         name: str | None = None,
+        **options: str | list[str] | None,
     ) -> dict[str, Any]:
-        """Upload an array or a file (.npy, .csv, .json, .arrow); returns the dataset.
+        """Upload an array, a data frame or a file; returns the dataset (with its ``columns``).
 
-        An array is streamed as .npy (or as Arrow with a ``weight`` column when ``weights`` are
-        given); a file is streamed as is with its content type (its own weight column counts).
+        ``data``: a numpy array (streamed as .npy; columns x0 … x{d-1}), a pandas or polars
+        DataFrame or a pyarrow Table (streamed as Arrow; its column names kept), or a file
+        (.npy, .csv, .tsv, .json, .arrow, .parquet: streamed as is). ``weights``: one per
+        sample, or the name of the column that holds them (nothing else is ever read as
+        weights). ``options``: ``columns`` and ``exclude`` (names, a list or comma-separated),
+        ``header`` (auto, true, false) and ``delimiter`` for CSV: the upload's query options.
         """
-        params = {"name": name} if name is not None else None
+        params: dict[str, str] = {} if name is None else {"name": name}
+        for key, value in options.items():
+            if key not in UPLOAD_OPTIONS:
+                raise TypeError(f"upload() got an unexpected option {key!r}")
+            if value is not None:
+                params[key] = value if isinstance(value, str) else ",".join(value)
+        if isinstance(weights, str):
+            params["weights"] = weights
+            weights = None
         if isinstance(data, str | os.PathLike):
             path = Path(data)
             ctype = CONTENT_TYPES.get(path.suffix.lower())
@@ -192,34 +274,44 @@ class Client:
                 raise FileNotFoundError(f"{path}: no such file")
             if weights is not None:
                 if ctype != "application/x-npy":
-                    raise ValueError(f"{path}: put weights in the file (a 'weight' column)")
+                    raise ValueError(
+                        f"{path}: name the file's weight column instead (weights='<column>')"
+                    )
                 data = np.load(path, allow_pickle=False)
             else:
                 headers = {
                     "content-type": ctype,
                     "content-length": str(path.stat().st_size),
                 }
-                return self._json(
-                    "POST", "/v1/datasets", content=_file_stream(path), headers=headers,
-                    params=params,
-                )  # fmt: skip
-        arr = np.asarray(data)
+                return self._post_dataset(_file_stream(path), headers, params)
+        table = _frame_table(data)
+        if table is None and weights is None:
+            arr = np.asarray(data)
+            stream = _npy_stream(arr)
+            head = next(stream)
+            headers = {
+                "content-type": "application/x-npy",
+                "content-length": str(len(head) + arr.size * arr.itemsize),
+            }
+
+            def chunks() -> Iterator[bytes]:
+                yield head
+                yield from stream
+
+            return self._post_dataset(chunks(), headers, params)
+        if table is None:
+            table = _array_table(np.asarray(data))
         if weights is not None:
-            body = _arrow_bytes(arr, np.asarray(weights))
-            headers = {"content-type": "application/vnd.apache.arrow.stream"}
-            return self._json("POST", "/v1/datasets", content=body, headers=headers, params=params)
-        stream = _npy_stream(arr)
-        head = next(stream)
-        headers = {
-            "content-type": "application/x-npy",
-            "content-length": str(len(head) + arr.size * arr.itemsize),
-        }
+            table, params["weights"] = _with_weights(table, weights)
+        headers = {"content-type": "application/vnd.apache.arrow.stream"}
+        return self._post_dataset(_arrow_stream(table), headers, params)
 
-        def body() -> Iterator[bytes]:
-            yield head
-            yield from stream
-
-        return self._json("POST", "/v1/datasets", content=body(), headers=headers, params=params)
+    def _post_dataset(
+        self, body: Iterator[bytes], headers: dict[str, str], params: dict[str, str]
+    ) -> dict[str, Any]:
+        return self._json(
+            "POST", "/v1/datasets", content=body, headers=headers, params=params or None
+        )
 
     def datasets(self, **params: Any) -> dict[str, Any]:
         """One page of datasets: {items, ...}; ``params`` go to the query (limit, offset)."""
@@ -362,27 +454,37 @@ class Client:
         x: ArrayOrPath,
         y: ArrayOrPath,
         *,
-        a: np.ndarray | list[float] | None = None,
-        b: np.ndarray | list[float] | None = None,
+        a: Weights = None,
+        b: Weights = None,
         method: str = "auto",
         wait: bool = True,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         timeout: float | None = None,
+        upload: dict[str, Any] | None = None,
         **options: Any,
     ) -> dict[str, Any]:
         """Upload both sets (a ``ds_...`` id is used as is), submit, and wait for the job.
 
         Returns the estimate (``id``, ``status``, ``result`` with ``w1``, ``lower_bound``, ...);
-        with ``wait=False`` the queued estimate. ``options``: crosscheck, holdout, seed, config.
+        with ``wait=False`` the queued estimate. ``a``/``b``: weights, or their column's name.
+        ``upload``: :meth:`upload` options for both sets (columns, exclude, header, delimiter).
+        ``options``: crosscheck, holdout, seed, config. Two sets with named columns that
+        differ (names or order) are refused before any job is submitted.
         """
-        src = self._dataset_id(x, a)
-        tgt = self._dataset_id(y, b)
+        src_ds = self._dataset(x, a, upload or {})
+        tgt_ds = self._dataset(y, b, upload or {})
+        src, tgt = src_ds["id"], tgt_ds["id"]
+        if _named(src_ds) and _named(tgt_ds) and src_ds["columns"] != tgt_ds["columns"]:
+            raise ValueError(
+                f"x and y have different columns: {src_ds.get('columns')} and "
+                f"{tgt_ds.get('columns')}; pick the same ones (columns=...)"
+            )
         est = self.submit(src, tgt, method=method, **options)
         if not wait:
             return est
         return self.wait(est["id"], on_progress=on_progress, timeout=timeout)
 
-    def _dataset_id(self, data: ArrayOrPath, weights: Any) -> str:
+    def _dataset(self, data: ArrayOrPath, weights: Any, upload: dict[str, Any]) -> dict[str, Any]:
         if isinstance(data, str) and data.startswith("ds_") and not Path(data).exists():
-            return data
-        return self.upload(data, weights)["id"]
+            return self.dataset(data)
+        return self.upload(data, weights, **upload)

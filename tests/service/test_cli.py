@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service import cli
+from service import cli, ingest
 
 TINY = ["--steps", "30", "--width", "16", "--depth", "2", "--batch-size", "64"]
 
@@ -45,10 +45,13 @@ def test_load_dataset_reads_every_upload_format_alike(tmp_path):
     x = np.random.default_rng(0).normal(size=(7, 3))
     w = np.arange(1.0, 8.0)
     files = _files(tmp_path, x, w)
-    for fmt in ("csv", "json", "arrow"):
-        s, weights = cli.load_dataset(files[fmt])
+    by_column = ingest.Options(weights="weight")
+    for fmt, options in (("csv", by_column), ("json", None), ("arrow", by_column)):
+        s, weights = cli.load_dataset(files[fmt], options=options)
         np.testing.assert_array_equal(s, x)
         np.testing.assert_allclose(weights, w / w.sum())
+    s, weights = cli.load_dataset(files["csv"])  # without --weights: a feature like any other
+    assert s.shape == (7, 4) and weights is None
     s, weights = cli.load_dataset(files["npy"])
     np.testing.assert_array_equal(s, x)
     assert weights is None
@@ -108,7 +111,7 @@ def test_exact_json_and_bad_input_exit_codes(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["w1"] == pytest.approx(np.sqrt(2)) and doc["solver"] == "pot.emd2"
     assert cli.main(["exact", "a.npy", "c.npy"]) == 2
-    assert "must match" in capsys.readouterr().err
+    assert "d=2 columns ['x0', 'x1']" in capsys.readouterr().err
     assert cli.main(["exact", "a.npy", "b.npy", "--max-pairs", "5"]) == 2
     assert cli.main(["estimate", "a.npy", "missing.npy"]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -157,3 +160,63 @@ def test_format_result_names_the_guarantees():
     )  # fmt: skip
     assert "est_1" in text and "certified" in text and "95% CI [0.9, 1.3]" in text
     assert "4.76 %" in text
+
+
+def _csv(path: Path, names: list[str] | None, a: np.ndarray, sep: str = ",") -> None:
+    lines = [sep.join(names)] if names else []
+    lines += [sep.join(repr(float(v)) for v in row) for row in a]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_column_and_weight_flags_nothing_implicit(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    people = np.column_stack(
+        [rng.normal(170, 9, 40), rng.normal(70, 10, 40), rng.normal(40, 8, 40)]
+    )
+    others = people + [5.0, 0.0, 0.0]
+    _csv(tmp_path / "p.csv", ["height", "weight", "age"], people)
+    _csv(tmp_path / "q.csv", ["height", "weight", "age"], others)
+    # A weight column is a feature: the exact W1 over the 3 columns, not 2 columns reweighted.
+    assert cli.main(["exact", "p.csv", "q.csv", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["d"] == 3 and doc["w1"] == pytest.approx(5.0)
+    assert cli.main(["exact", "p.csv", "q.csv", "--json", "--weights", "weight"]) == 0
+    assert json.loads(capsys.readouterr().out)["d"] == 2
+    assert cli.main(["exact", "p.csv", "q.csv", "--json", "--columns", "age,height"]) == 0
+    assert json.loads(capsys.readouterr().out)["d"] == 2
+    # Headerless, semicolons: every row kept.
+    _csv(tmp_path / "r.csv", None, people, sep=";")
+    _csv(tmp_path / "s.csv", None, others, sep=";")
+    assert cli.main(["exact", "r.csv", "s.csv", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["n"], doc["d"]) == (40, 3) and doc["w1"] == pytest.approx(5.0)
+    assert (
+        cli.main(["exact", "r.csv", "s.csv", "--json", "--header", "false", "--delimiter", ";"])
+        == 0
+    )
+    capsys.readouterr()
+
+
+def test_column_flag_errors_name_the_flag_and_the_columns(tmp_path, capsys):
+    _csv(tmp_path / "p.csv", ["a", "b"], np.ones((3, 2)))
+    _csv(tmp_path / "q.csv", ["b", "a"], np.zeros((3, 2)))
+    assert cli.main(["exact", "p.csv", "q.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "['a', 'b']" in err and "['b', 'a']" in err and "--columns" in err
+    assert cli.main(["exact", "p.csv", "q.csv", "--columns", "a,b"]) == 0
+    capsys.readouterr()
+    assert cli.main(["exact", "p.csv", "q.csv", "--weights", "w"]) == 2
+    assert "'w'" in capsys.readouterr().err
+    assert cli.main(["exact", "p.csv", "q.csv", "--columns", "a", "--exclude", "b"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert cli.main(["exact", "p.csv", "q.csv", "--delimiter", ":"]) == 2
+    assert "--delimiter" in capsys.readouterr().err
+
+
+def test_parquet_files(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"u": [0.0, 1.0], "v": [0.0, 0.0]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"u": [0.0, 1.0], "v": [3.0, 3.0]}), tmp_path / "b.parquet")
+    assert cli.main(["exact", "a.parquet", "b.parquet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["w1"] == pytest.approx(3.0)

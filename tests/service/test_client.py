@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import update
 
@@ -34,10 +36,61 @@ def test_upload_array_streams_npy_and_dedups(client):
 def test_upload_files_in_each_format_is_one_dataset(client, tmp_path):
     x = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
     np.save(tmp_path / "x.npy", x)
-    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="a,b,c", comments="", fmt="%.17g")
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="x0,x1,x2", comments="", fmt="%.17g")
     (tmp_path / "x.json").write_text(json.dumps({"samples": x.tolist()}))
-    ids = {client.upload(tmp_path / f"x.{ext}")["id"] for ext in ("npy", "csv", "json")}
+    pq.write_table(pa.table({f"x{j}": x[:, j] for j in range(3)}), tmp_path / "x.parquet")
+    exts = ("npy", "csv", "json", "parquet")
+    ids = {client.upload(tmp_path / f"x.{ext}")["id"] for ext in exts}
     assert len(ids) == 1
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars", "pyarrow"])
+def test_upload_a_frame_keeps_its_names(client, tmp_path, kind):
+    import pandas as pd
+    import polars as pl
+
+    x = np.random.default_rng(4).normal(size=(30, 3))
+    data = {"height": x[:, 0], "weight": x[:, 1], "w": np.arange(1.0, 31.0)}
+    frame = {"pandas": pd.DataFrame, "polars": pl.DataFrame, "pyarrow": pa.table}[kind](data)
+    ds = client.upload(frame)
+    assert ds["columns"] == ["height", "weight", "w"] and ds["weighted"] is False
+    picked = client.upload(frame, weights="w")
+    assert picked["columns"] == ["height", "weight"] and picked["weighted"] is True
+    # The same table as a CSV file with the same names and options: the same dataset.
+    csv = tmp_path / "t.csv"
+    rows = "\n".join(
+        ",".join(repr(float(v)) for v in r) for r in np.column_stack(list(data.values()))
+    )
+    csv.write_text("height,weight,w\n" + rows + "\n")
+    assert client.upload(csv, weights="w")["id"] == picked["id"]
+    only = client.upload(frame, columns=["weight"])
+    assert only["columns"] == ["weight"]
+
+
+def test_upload_a_frame_with_a_weights_array(client):
+    t = pa.table({"weight": [1.0, 2.0, 3.0]})  # a feature named weight; the weights beside it
+    ds = client.upload(t, weights=[1, 1, 2])
+    assert ds["columns"] == ["weight"] and ds["weighted"] is True
+
+
+def test_upload_options_reach_the_server(client, tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("1;2\n3;4\n")
+    ds = client.upload(f, header="false", delimiter=";")
+    assert (ds["n"], ds["columns"]) == (2, ["x0", "x1"])
+    with pytest.raises(LipwassError) as e:
+        client.upload(f, header="true", columns="q")
+    assert e.value.status == 422 and "'q'" in e.value.detail
+    with pytest.raises(TypeError):
+        client.upload(f, sep=";")
+
+
+def test_estimate_refuses_sets_with_other_named_columns(client, recording):
+    x = pa.table({"a": [1.0, 2.0], "b": [0.0, 1.0]})
+    y = pa.table({"b": [1.0, 2.0], "a": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="different columns"):
+        client.estimate(x, y, wait=False)
+    assert client.estimate(x, np.ones((3, 2)), wait=False)["status"] == "queued"
 
 
 def test_upload_with_weights_goes_as_arrow(client):
