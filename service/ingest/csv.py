@@ -39,8 +39,9 @@ SNIFF_LINES = 50
 _SHOWN = {"\t": "tab", ",": ",", ";": ";", "|": "|"}
 
 
-def _first_lines(path: Path) -> list[str]:
-    """Up to SNIFF_LINES non-blank lines from the start of the file (a cut last line dropped)."""
+def _first_lines(path: Path) -> tuple[list[str], int]:
+    """Up to SNIFF_LINES non-blank lines from the start of the file (a cut last line dropped),
+    and how many blank lines come before the first of them."""
     with open(path, "rb") as f:
         raw = f.read(SNIFF_BYTES + 1)
     cut = len(raw) > SNIFF_BYTES
@@ -51,7 +52,8 @@ def _first_lines(path: Path) -> list[str]:
     lines = text.splitlines()
     if cut and len(lines) > 1:
         lines = lines[:-1]
-    return [ln for ln in lines if ln.strip()][:SNIFF_LINES]
+    blanks = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
+    return [ln for ln in lines if ln.strip()][:SNIFF_LINES], blanks
 
 
 def _fields(line: str, sep: str) -> list[str]:
@@ -132,14 +134,22 @@ def _first_unparsable(col: pa.ChunkedArray) -> int | None:
     return lo
 
 
-def _line(row: int, header: bool) -> int:
-    """The file line of data row ``row`` (0-based), when no quoted field spans lines."""
-    return row + 1 + (1 if header else 0)
+def _line(row: int, start: int) -> int:
+    """The file line of data row ``row`` (0-based) when the data starts at line ``start``
+    (no blank line inside it, no quoted field spanning lines)."""
+    return start + row
 
 
-def _not_numeric(path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions,
-                 wanted: list[str], header: bool, sep: str, cause: Exception,
-                 weights: str | None) -> Exception:  # fmt: skip
+def _not_numeric(
+    path: Path,
+    read: pacsv.ReadOptions,
+    parse: pacsv.ParseOptions,
+    wanted: list[str],
+    start: int,
+    sep: str,
+    cause: Exception,
+    weights: str | None,
+) -> Exception:
     """The refusal for a picked column holding text: which column, which line, how to fix."""
     try:
         table = pacsv.read_csv(
@@ -173,7 +183,7 @@ def _not_numeric(path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions,
             )
         return invalid(
             f"CSV column {name!r} holds {value[:60]!r} at line "
-            f"{_line(bad, header)}, which is not a number{hint}; {fix}"
+            f"{_line(bad, start)}, which is not a number{hint}; {fix}"
         )
     return invalid(f"unreadable CSV: {cause}")
 
@@ -194,7 +204,7 @@ def _ragged(path: Path, sep: str, width: int, cause: Exception) -> Exception:
 def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
     """Parse a CSV into float64 samples (the picked columns) and optional weights."""
     options = options or Options()
-    lines = _first_lines(path)
+    lines, blanks = _first_lines(path)
     if not lines:
         raise invalid("the CSV is empty: it needs at least one row of numbers")
     sep = options.delimiter or detect_delimiter(lines)
@@ -213,7 +223,8 @@ def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
     sel = select(names, options, "CSV")
     check_shape(1, len(sel.features), limits)
     wanted = sel.names + ([names[sel.weights]] if sel.weights is not None else [])
-    read = pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0)
+    start = blanks + (2 if header else 1)  # the file line of the first data row
+    read = pacsv.ReadOptions(column_names=names, skip_rows=blanks + 1 if header else 0)
     parse_opts = pacsv.ParseOptions(delimiter=sep)
     try:
         table = pacsv.read_csv(
@@ -234,7 +245,7 @@ def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
             raise _ragged(path, sep, len(names), e) from None
         if "conversion error" in text:
             raise _not_numeric(
-                path, read, parse_opts, wanted, header, sep, e, options.weights
+                path, read, parse_opts, wanted, start, sep, e, options.weights
             ) from None
         raise invalid(f"unreadable CSV: {e}") from None
     except (pa.ArrowException, OSError) as e:
@@ -245,7 +256,7 @@ def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
         if col.null_count:
             row = int(pc.index(pc.is_null(col), True).as_py())
             raise invalid(
-                f"CSV column {name!r} is empty at line {_line(row, header)} "
+                f"CSV column {name!r} is empty at line {_line(row, start)} "
                 f"({col.null_count} empty values in all): every picked column needs a number "
                 "in every row"
             )
@@ -259,7 +270,7 @@ def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
             row = int(np.argmin(np.isfinite(weights)))
             raise invalid(
                 f"the ?weights column {names[sel.weights]!r} is not finite at line "
-                f"{_line(row, header)}"
+                f"{_line(row, start)}"
             )
     if not all_finite(samples):
         bad = np.argwhere(~np.isfinite(samples))
@@ -267,7 +278,7 @@ def parse(path: Path, limits: Limits, options: Options | None = None) -> Parsed:
             r, c = int(bad[0][0]), int(bad[0][1])
             raise invalid(
                 f"samples must be finite: CSV column {sel.names[c]!r} holds the non-finite "
-                f"{samples[r, c]} at line {_line(r, header)}"
+                f"{samples[r, c]} at line {_line(r, start)}"
             )
     wname = None if sel.weights is None else f"the ?weights column {names[sel.weights]!r}"
     return from_array(samples, weights, limits, sel.names, wname)

@@ -275,3 +275,9 @@ def test_any_text_with_any_options_is_read_or_refused_with_a_4xx(
         return
     assert stored.shape == (ds.n, ds.d) and len(ds.columns) == ds.d
     assert np.isfinite(stored).all()
+
+
+def test_leading_blank_lines_and_crlf(tmp_path: Path) -> None:
+    ds, stored = run(tmp_path, "\n\na,b\r\n1,2\r\n")
+    assert ds.columns == ["a", "b"] and stored.tolist() == [[1.0, 2.0]]
+    rejects(tmp_path, "\n\na,b\n1,2\n3,x\n", "'b'", "line 5")
