@@ -147,7 +147,7 @@ class Options:
             raise invalid(f"column {w!r} is the ?weights column: do not ?exclude it too")
         h = (header or "auto").strip().lower()
         if h not in HEADER_CHOICES:
-            raise invalid(f"?header={header[:40]!r}: use auto, true or false")  # type: ignore[index]
+            raise invalid(f"?header={str(header)[:40]!r}: use auto, true or false")
         sep = None
         if delimiter is not None:
             sep = DELIMITERS.get(delimiter if delimiter in DELIMITERS else delimiter.lower())
