@@ -50,6 +50,8 @@ def canonical(req: EstimateRequest, settings: Settings) -> dict[str, Any]:
         "holdout": float(req.holdout),
         "seed": int(req.seed),
         "config": config.to_dict(),
+        # The level joins the hashed form only when asked (keys of older requests still match).
+        **({"alpha": float(req.alpha)} if req.alpha != 0.05 else {}),
     }
 
 
@@ -121,6 +123,7 @@ def submit(
         method=form["method"],
         crosscheck=form["crosscheck"],
         holdout=form["holdout"],
+        alpha=form.get("alpha", 0.05),
         seed=form["seed"],
         config=form["config"],
         request_hash=digest,

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lipcore import ConfigError, Estimate, EstimatorConfig
+from lipcore import ConfigError, Estimate, EstimatorConfig, TwoSampleTest
+from lipcore.twosample import summary
 
 METHODS = ("auto", "lipschitz", "exact")
 CROSSCHECKS = ("auto", "always", "never")
@@ -46,22 +47,38 @@ class Limits:
 
     exact_max_pairs: int = 25_000_000
     config: Mapping[str, int] = field(default_factory=dict)
+    exact_test_max_pairs: int = 250_000
+    noise_floor_max_pairs: int = 1_000_000
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
         """The limits of a ``service.settings.Settings``."""
         bounds = {knob: int(getattr(settings, name)) for knob, name in CONFIG_LIMITS.items()}
-        return cls(exact_max_pairs=int(settings.exact_max_pairs), config=bounds)
+        return cls(
+            exact_max_pairs=int(settings.exact_max_pairs),
+            config=bounds,
+            exact_test_max_pairs=int(settings.exact_test_max_pairs),
+            noise_floor_max_pairs=int(settings.noise_floor_max_pairs),
+        )
+
+
+#: Exact solves of relabelled samples: the exact method's test, and the noise floor beside a
+#: cross-check (its median only: a few suffice).
+EXACT_TEST_PERMUTATIONS = 200
+NOISE_FLOOR_PERMUTATIONS = 5
 
 
 @dataclass(frozen=True)
 class Plan:
     """What one estimate runs: the method that fits (``exact`` or ``lipschitz``), whether the
-    exact solver runs too, and the estimator config (checked, with its defaults filled in)."""
+    exact solver runs too, the estimator config (checked, with its defaults filled in), and
+    how many exact solves of relabelled samples follow the exact one (0: none): the exact
+    method's two-sample test, or the noise floor of the empirical figure."""
 
     method: Literal["exact", "lipschitz"]
     run_exact: bool
     config: EstimatorConfig
+    exact_permutations: int = 0
 
     @property
     def fits_potential(self) -> bool:
@@ -106,10 +123,13 @@ def plan(
 ) -> Plan:
     """Decide what an estimate of an (n × d) source against an (m × d) target runs.
 
-    ``auto`` takes the exact solver when it is small enough, else the potential. The cross-check
-    runs the exact solver beside the potential: ``auto`` when small enough, ``always`` (refused
-    when too large), ``never``. A potential needs at least one training sample per set after
-    the held-out fraction. Raises :class:`PolicyError` naming the field to change.
+    ``auto`` and ``lipschitz`` fit the potential, which answers the user's questions at any n:
+    the two-sample test on held-out samples and the distance between the distributions with
+    its interval. The cross-check runs the exact solver beside it (after it): ``auto`` when
+    small enough, ``always`` (refused when too large), ``never``. ``exact`` runs the exact
+    solver alone, tested by relabelling when that is cheap. A potential needs at least one
+    training sample per set after the held-out fraction. Raises :class:`PolicyError` naming the
+    field to change.
     """
     if method not in METHODS:
         raise PolicyError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
@@ -126,11 +146,10 @@ def plan(
             f"exact needs {pairs} (exact_max_pairs); use lipschitz or auto",
             "exact_too_large",
         )
-    chosen: Literal["exact", "lipschitz"] = (
-        "lipschitz" if method == "lipschitz" or (method == "auto" and not small) else "exact"
-    )
-    if chosen == "exact":
-        return Plan(method="exact", run_exact=True, config=cfg)
+    if method == "exact":
+        cheap = n * m <= limits.exact_test_max_pairs
+        perms = EXACT_TEST_PERMUTATIONS if cheap else 0
+        return Plan(method="exact", run_exact=True, config=cfg, exact_permutations=perms)
     if crosscheck == "always" and not small:
         raise PolicyError(
             "crosscheck",
@@ -146,7 +165,9 @@ def plan(
                     "train on; lower it (0 disables the held-out estimate)",
                 )
     run_exact = crosscheck == "always" or (crosscheck == "auto" and small)
-    return Plan(method="lipschitz", run_exact=run_exact, config=cfg)
+    floor = run_exact and n * m <= limits.noise_floor_max_pairs
+    perms = NOISE_FLOOR_PERMUTATIONS if floor else 0
+    return Plan(method="lipschitz", run_exact=run_exact, config=cfg, exact_permutations=perms)
 
 
 def exact_field(value: float, d: int, seconds: float) -> dict[str, Any]:
@@ -161,18 +182,27 @@ def result(
     exact: dict[str, Any] | None,
     fitted: Estimate | None,
     seconds: float,
+    alpha: float = 0.05,
+    exact_test: TwoSampleTest | None = None,
 ) -> dict[str, Any]:
-    """The result dict of the contract (the README's guarantees table), for either method.
+    """The result dict of the contract, for either method: the answer first (``verdict``,
+    ``distance``, ``notes``), then the figures of the two samples.
 
-    ``fitted`` is the lipschitz estimate (None for exact); ``exact`` the exact member or None.
+    ``fitted``: the lipschitz estimate (None for exact); ``exact``: the exact member or None;
+    ``exact_test``: the exact W1 under relabelling (the exact method's test, or the noise floor
+    beside a cross-check) or None.
     """
     out: dict[str, Any] = {
         "method": chosen.method,
+        "verdict": None,
+        "distance": None,
+        "notes": [],
         "w1": None if exact is None else exact["value"],
         "lower_bound": None,
         "lipschitz_constant": None,
         "holdout": None,
         "exact": exact,
+        "noise_floor": None,
         "relative_gap": None,
         "diagnostics": None,
         "potential_center": None,
@@ -181,11 +211,30 @@ def result(
         "steps": 0,
         "config": None,
     }
+    if exact_test is not None:
+        out["noise_floor"] = {
+            "value": exact_test.null_median,
+            "of": "exact",
+            "permutations": exact_test.permutations,
+        }
     if fitted is None:
+        if exact_test is not None and chosen.exact_permutations >= EXACT_TEST_PERMUTATIONS:
+            out["verdict"] = _verdict(exact_test, alpha, None)
+        else:
+            out["notes"].append(
+                "method exact measures these samples only: no test was run at this size and no "
+                "distance between the distributions is estimated; use method auto for both"
+            )
+        out["notes"] += _noise_notes(out, None)
         return out
     gap = None
     if exact is not None and exact["value"] != 0:
         gap = (exact["value"] - fitted.lower_bound) / exact["value"]
+    if fitted.test is not None:
+        out["verdict"] = _verdict(fitted.test, alpha, fitted.holdout)
+    if fitted.holdout is not None:
+        h = fitted.holdout
+        out["distance"] = {"value": h.value, "ci95": list(h.ci95), "kind": "distribution"}
     out.update(
         {
             "w1": float(fitted.lower_bound),
@@ -203,4 +252,47 @@ def result(
             "config": fitted.config.to_dict(),
         }
     )
+    out["notes"] += _noise_notes(out, fitted)
     return out
+
+
+def _verdict(test: TwoSampleTest, alpha: float, distance: Any) -> dict[str, Any]:
+    return {
+        "differ": test.rejects(alpha),
+        "alpha": alpha,
+        "p_value": test.p_value,
+        "test": test.method,
+        "permutations": test.permutations,
+        "summary": summary(test, alpha, distance),
+    }
+
+
+def _noise_notes(out: dict[str, Any], fitted: Estimate | None) -> list[str]:
+    """What a careful reader should know before reading the empirical figures: when they are
+    mostly sampling noise, and when a diagnostic that looks like under-fitting is not."""
+    notes = []
+    floor, exact = out["noise_floor"], out["exact"]
+    if floor is not None and exact is not None and floor["value"] >= 0.5 * exact["value"] > 0:
+        notes.append(
+            f"the empirical W1 ({exact['value']:.4g}) is dominated by sampling noise: two "
+            f"samples of one distribution are {floor['value']:.4g} apart at this size (noise "
+            "floor); read distance for the distributions"
+        )
+    distance, verdict = out["distance"], out["verdict"]
+    if fitted is not None and distance is not None and fitted.lower_bound > distance["ci95"][1]:
+        notes.append(
+            f"lower_bound ({fitted.lower_bound:.4g}) is above the held-out interval: part of it "
+            "fits these samples' noise (expected in high dimension); it bounds the empirical "
+            "W1, distance estimates the distributions'"
+        )
+    if fitted is not None and verdict is not None and not verdict["differ"]:
+        notes.append(
+            "no detectable difference: a large relative_gap and grad_norm below 1 are expected "
+            "here (the potential of two like samples is nearly flat), not signs of under-fitting"
+        )
+    elif fitted is not None and fitted.grad_norm.get("q50", 1.0) < 0.5:
+        notes.append(
+            f"grad_norm median {fitted.grad_norm['q50']:.2f} < 0.5 while the sets differ: the "
+            "potential may under-fit (more steps or width may raise lower_bound)"
+        )
+    return notes

@@ -50,14 +50,38 @@ def _fmt(v: Any, digits: int = 6) -> str:
     return str(v)
 
 
+def headline(status: str, result: dict[str, Any] | None, fallback: str) -> str:
+    """The picture's title: the verdict's sentence when there is one (the answer first)."""
+    verdict = (result or {}).get("verdict")
+    if status == "succeeded" and isinstance(verdict, dict) and verdict.get("summary"):
+        return str(verdict["summary"])
+    return fallback
+
+
 def summary_numbers(
     status: str, result: dict[str, Any] | None, error: Any = None
 ) -> list[tuple[str, str]]:
     """The rows of the numbers panel for a job's status, result (contract) and error."""
     rows: list[tuple[str, str]] = [("status", status)]
     if result:
+        verdict, distance = result.get("verdict"), result.get("distance")
+        if isinstance(verdict, dict):
+            rows.append(
+                (
+                    "differ? (p-value)",
+                    f"{verdict.get('differ')} ({_fmt(verdict.get('p_value'), 3)})",
+                )
+            )
+        if isinstance(distance, dict):
+            ci = distance.get("ci95") or [None, None]
+            rows.append(
+                (
+                    "distance (95% CI)",
+                    f"{_fmt(distance.get('value'), 4)} [{_fmt(ci[0], 4)}, {_fmt(ci[1], 4)}]",
+                )
+            )
         rows.append(("method", _fmt(result.get("method"))))
-        rows.append(("w1", _fmt(result.get("w1"))))
+        rows.append(("w1 (these samples)", _fmt(result.get("w1"))))
         if result.get("lower_bound") is not None:
             rows.append(("lower bound (certified)", _fmt(result.get("lower_bound"))))
             rows.append(("Lipschitz constant L", _fmt(result.get("lipschitz_constant"))))

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,7 @@ class _Attempt:
         self.lock = threading.Lock()  # serialises the final write against the heartbeat thread
         self.started = time.monotonic()
         self.history: list[list[float]] = []
+        self.phase = ""
         self.last_progress = -math.inf
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -135,16 +137,20 @@ class _Attempt:
 
     # -- the lipcore callback ------------------------------------------------------------------
     def callback(self, p: lipcore.Progress) -> None:
-        """Record progress (throttled into the store); abort on cancel, loss or time-out."""
-        self.history.append([int(p.step), float(p.objective)])
+        """Record progress (throttled into the store, a new phase at once); abort on cancel,
+        loss or time-out."""
+        if p.phase == "training":
+            self.history.append([int(p.step), float(p.objective)])
         now = time.monotonic()
-        if now - self.last_progress >= self.settings.progress_interval_s:
-            self.last_progress = now
+        new_phase = p.phase != self.phase
+        if new_phase or now - self.last_progress >= self.settings.progress_interval_s:
+            self.last_progress, self.phase = now, p.phase
             progress = {
                 "step": int(p.step),
                 "total_steps": int(p.total_steps),
                 "objective": float(p.objective),
                 "elapsed_s": float(p.elapsed_s),
+                "phase": p.phase,
             }
             ours, cancel = jobs.heartbeat(
                 self.db,
@@ -241,30 +247,108 @@ def _compute(
         )
     except policy.PolicyError as exc:
         raise JobError(exc.code, str(exc)) from None
-    exact = None
-    if chosen.run_exact:
-        exact = solve_exact(x, y, data["a"], data["b"], settings.exact_max_pairs)
-        att.check_between_phases()
-    fitted = None
-    if chosen.fits_potential:
-        fitted = lipcore.estimate_w1(
-            x,
-            y,
-            data["a"],
-            data["b"],
-            config=chosen.config,
-            holdout=float(row.holdout),
-            seed=int(row.seed),
-            device=settings.device,
-            callback=att.callback,
-        )
-        att.check_between_phases()
+    fitted_result, fitted = compute(
+        x,
+        y,
+        data["a"],
+        data["b"],
+        chosen,
+        holdout=float(row.holdout),
+        seed=int(row.seed),
+        alpha=float(row.alpha),
+        device=settings.device,
+        exact_max_pairs=settings.exact_max_pairs,
+        callback=att.callback,
+        between_phases=att.check_between_phases,
+    )
+    if fitted is not None:
         with blobs.temp_path(".safetensors") as tmp:
             fitted.save(tmp)
             blobs.put_file(tmp, blobs.potential_path(row.id))
         if not att.history:
             att.history = [[int(s), float(o)] for s, o in fitted.history]
-    return policy.result(chosen, exact=exact, fitted=fitted, seconds=time.perf_counter() - t0)
+    fitted_result["seconds"] = time.perf_counter() - t0
+    return fitted_result
+
+
+def compute(
+    x: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray | None,
+    b: np.ndarray | None,
+    chosen: policy.Plan,
+    *,
+    holdout: float,
+    seed: int,
+    alpha: float,
+    device: str | None,
+    exact_max_pairs: int,
+    callback: Callable[[lipcore.Progress], None] | None = None,
+    between_phases: Callable[[], None] = lambda: None,
+) -> tuple[dict[str, Any], lipcore.Estimate | None]:
+    """What a plan runs, in order: the potential (the answer), then the exact solver and its
+    relabellings (the cross-check never holds the answer back). The result dict and the
+    fitted estimate (None for method exact). The job runner and the in-process CLI share it."""
+    t0 = time.perf_counter()
+    fitted = None
+    if chosen.fits_potential:
+        fitted = lipcore.estimate_w1(
+            x,
+            y,
+            a,
+            b,
+            config=chosen.config,
+            holdout=holdout,
+            seed=seed,
+            device=device,
+            callback=callback,
+        )
+        between_phases()
+    exact, exact_test = None, None
+    if chosen.run_exact:
+        if callback is not None:
+            steps = fitted.steps if fitted is not None else 0
+            callback(lipcore.Progress(steps, steps, 0.0, time.perf_counter() - t0, "exact"))
+        exact = solve_exact(x, y, a, b, exact_max_pairs)
+        between_phases()
+        if chosen.exact_permutations:
+            exact_test = exact_relabelled(
+                x, y, a, b, exact["value"], chosen.exact_permutations, seed, exact_max_pairs
+            )
+            between_phases()
+    result = policy.result(
+        chosen,
+        exact=exact,
+        fitted=fitted,
+        seconds=time.perf_counter() - t0,
+        alpha=alpha,
+        exact_test=exact_test,
+    )
+    return result, fitted
+
+
+def exact_relabelled(
+    x: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray | None,
+    b: np.ndarray | None,
+    observed: float,
+    permutations: int,
+    seed: int,
+    max_pairs: int,
+) -> lipcore.TwoSampleTest:
+    """The exact W1 of relabelled samples (the plan says how many): a test, or a noise floor."""
+    n, m = x.shape[0], y.shape[0]
+    return lipcore.exact_permutation_test(
+        x,
+        y,
+        lipcore.normalised_weights(a, n),
+        lipcore.normalised_weights(b, m),
+        observed,
+        permutations,
+        np.random.default_rng([int(seed), 0xE4AC7]),
+        max_pairs,
+    )
 
 
 def solve_exact(

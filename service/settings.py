@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     exact_max_pairs: int = Field(
         25_000_000, ge=1, description="n*m up to which the exact solver runs (auto, cross-check)."
     )
+    exact_test_max_pairs: int = Field(
+        250_000, ge=0, description="n*m up to which method exact is tested by relabelling."
+    )
+    noise_floor_max_pairs: int = Field(
+        1_000_000, ge=0, description="n*m up to which a cross-check gets its noise floor."
+    )
     max_evaluate_points: int = Field(100_000, ge=1, description="Most points per /evaluate call.")
 
     # Job engine.

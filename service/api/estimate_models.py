@@ -31,8 +31,10 @@ class EstimateRequest(BaseModel):
     target: DatasetId = Field(description="Dataset id of the target samples Y.")
     method: Method = Field(
         "auto",
-        description="exact: POT / closed form; lipschitz: the neural potential; auto: exact "
-        "when n*m is within the exact solver's limit, else lipschitz.",
+        description="auto and lipschitz: the neural potential, which answers at any size (a "
+        "two-sample test and the distance between the distributions), cross-checked against "
+        "the exact solver when small enough; exact: POT / closed form alone (these samples' "
+        "W1, tested by relabelling when small).",
     )
     crosscheck: Crosscheck = Field(
         "auto",
@@ -45,7 +47,16 @@ class EstimateRequest(BaseModel):
         lt=1,
         allow_inf_nan=False,
         strict=True,
-        description="Fraction of each set held out of training for the held-out estimate.",
+        description="Fraction of each set held out of training: the samples of the test and "
+        "of the distance's interval.",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        strict=True,
+        description="Level of the two-sample test: the verdict says 'differ' when p <= alpha.",
     )
     seed: int = Field(0, ge=0, le=INT64_MAX, strict=True, description="Seed of the whole job.")
     config: dict[str, Any] = Field(
@@ -57,12 +68,15 @@ class EstimateRequest(BaseModel):
 
 
 class Progress(BaseModel):
-    """Where a running job's training stands."""
+    """Where a running job stands: its phase, and within training the step."""
 
     step: int
     total_steps: int
     objective: float | None = None
     elapsed_s: float
+    phase: Literal["training", "certifying", "testing", "exact"] = Field(
+        "training", description="training (step of total_steps), certifying, testing, exact."
+    )
 
 
 class HoldoutResult(BaseModel):
@@ -95,13 +109,53 @@ class Diagnostics(BaseModel):
     objective: float | None = None
 
 
+class Verdict(BaseModel):
+    """Do the two distributions differ? A two-sample test whose level holds in finite samples."""
+
+    differ: bool = Field(description="Whether the test rejects 'same distribution' at alpha.")
+    alpha: float = Field(description="The test's level, as asked.")
+    p_value: float = Field(description="Permutation p-value, (1 + #{T_perm >= T}) / (1 + B).")
+    test: str = Field(
+        description="heldout-potential-permutation (the fitted potential on held-out samples) "
+        "or exact-w1-permutation (the exact W1 of relabelled samples; method exact)."
+    )
+    permutations: int = Field(description="B: random relabellings drawn.")
+    summary: str = Field(
+        description="One sentence for people.",
+        examples=["differ (p ≤ 0.000999): distance 0.452, 95 % CI [0.38, 0.524]"],
+    )
+
+
+class Distance(BaseModel):
+    """By how much? W1 between the underlying distributions, estimated on held-out samples."""
+
+    value: float = Field(description="Held-out estimate (a lower-bound estimate of W1).")
+    ci95: list[float] = Field(min_length=2, max_length=2, description="95 % interval [lo, hi].")
+    kind: Literal["distribution"] = "distribution"
+
+
+class NoiseFloor(BaseModel):
+    """The empirical W1 of two samples of one distribution at this size (relabelled samples)."""
+
+    value: float = Field(description="Median exact W1 over the relabellings, in data units.")
+    of: Literal["exact"] = "exact"
+    permutations: int
+
+
 class EstimateResult(BaseModel):
-    """The numbers of a finished job (what each guarantees: the README's guarantees table)."""
+    """The answer first (verdict, distance, notes), then the figures of these two samples."""
 
     model_config = ConfigDict(extra="allow")
 
     method: Literal["lipschitz", "exact"]
-    w1: float = Field(description="The headline: exact value or certified lower bound.")
+    verdict: Verdict | None = Field(None, description="Do they differ? (null: no test ran)")
+    distance: Distance | None = Field(
+        None, description="By how much do the distributions differ? (null for method exact)"
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="What to know before reading the figures below."
+    )
+    w1: float = Field(description="Empirical figure: exact value or certified lower bound.")
     lower_bound: float | None = Field(
         None, description="Certified lower bound of the empirical W1 (all samples)."
     )
@@ -110,6 +164,9 @@ class EstimateResult(BaseModel):
     )
     holdout: HoldoutResult | None = None
     exact: ExactResult | None = None
+    noise_floor: NoiseFloor | None = Field(
+        None, description="Beside exact: the same statistic for two samples of one distribution."
+    )
     relative_gap: float | None = Field(None, description="(exact - lower_bound) / exact.")
     diagnostics: Diagnostics | None = None
     potential_center: float | None = Field(
@@ -141,6 +198,7 @@ class Estimate(BaseModel):
     method: Method
     crosscheck: Crosscheck
     holdout: float
+    alpha: float
     seed: int
     config: dict[str, Any] = Field(description="The full EstimatorConfig the job runs with.")
     progress: Progress | None = None

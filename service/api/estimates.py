@@ -64,6 +64,7 @@ def to_model(row: EstimateRow) -> Estimate:
         method=row.method,
         crosscheck=row.crosscheck,
         holdout=row.holdout,
+        alpha=row.alpha,
         seed=row.seed,
         config=row.config or {},
         progress=row.progress or None,

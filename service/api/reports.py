@@ -82,7 +82,9 @@ def build_png(
     """Gather the inputs of one finished job and draw its report (blocking; run off the loop)."""
     result: dict[str, Any] | None = row.result if isinstance(row.result, dict) else None
     inp = report.ReportInputs(
-        title=f"{row.id}: {row.source_id} -> {row.target_id}",
+        title=report.headline(
+            row.status, result, f"{row.id}: {row.source_id} -> {row.target_id} ({row.status})"
+        ),
         numbers=report.summary_numbers(row.status, result, row.error),
     )
     if row.history:

@@ -77,6 +77,7 @@ class EstimateRow(Base):
     method: Mapped[str] = mapped_column(String(16))
     crosscheck: Mapped[str] = mapped_column(String(16))
     holdout: Mapped[float] = mapped_column(Float)
+    alpha: Mapped[float] = mapped_column(Float, default=0.05, server_default="0.05")
     seed: Mapped[int] = mapped_column(BigInteger)
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     request_hash: Mapped[str] = mapped_column(String(64))

@@ -398,7 +398,7 @@ def test_evaluate_is_bounded(make_client, settings, recording) -> None:
 
 def test_exact_job_has_no_potential(api, settings, one_thread) -> None:
     src, tgt = pair(api, n=30, m=20)
-    est = run(api, settings, {"source": src, "target": tgt})  # auto: small enough for exact
+    est = run(api, settings, {"source": src, "target": tgt, "method": "exact"})
     assert est["status"] == "succeeded", est["error"]
     res = est["result"]
     assert res["method"] == "exact" and res["w1"] == res["exact"]["value"] > 0

@@ -20,8 +20,9 @@ from service.settings import Settings
 from service.store import Database, EstimateRow, jobs
 
 RESULT_KEYS = {
-    "method", "w1", "lower_bound", "lipschitz_constant", "holdout", "exact", "relative_gap",
-    "diagnostics", "potential_center", "device", "seconds", "steps", "config",
+    "method", "verdict", "distance", "notes", "noise_floor", "w1", "lower_bound",
+    "lipschitz_constant", "holdout", "exact", "relative_gap", "diagnostics",
+    "potential_center", "device", "seconds", "steps", "config",
 }  # fmt: skip
 LONG = {**TINY, "steps": 5000, "patience": 0, "progress_every": 1}
 
@@ -90,15 +91,28 @@ def test_exact_and_auto(env, pair2d, tmp_path: Path) -> None:
     settings, db, blobs = env
     sx, sy, x, y = pair2d
     want = lipcore.exact_w1(x, y)
-    for method in ("exact", "auto"):
-        est = add_estimate(db, sx, sy, method=method)
-        run_job(est, settings)
-        row = get_row(db, est)
-        assert row.status == "succeeded", row.error
-        r = row.result
-        assert r["method"] == "exact" and r["w1"] == pytest.approx(want, rel=1e-12)
-        assert r["lower_bound"] is None and r["config"] is None and r["steps"] == 0
-        assert not blobs.potential_path(est).exists()
+    est = add_estimate(db, sx, sy, method="exact")
+    run_job(est, settings)
+    row = get_row(db, est)
+    assert row.status == "succeeded", row.error
+    r = row.result
+    assert r["method"] == "exact" and r["w1"] == pytest.approx(want, rel=1e-12)
+    assert r["lower_bound"] is None and r["config"] is None and r["steps"] == 0
+    assert r["distance"] is None and not blobs.potential_path(est).exists()
+    # Small enough: the exact W1 is tested by relabelling; its median is the noise floor.
+    assert r["verdict"]["test"] == "exact-w1-permutation" and r["verdict"]["permutations"] == 200
+    assert r["noise_floor"]["value"] > 0 and r["noise_floor"]["permutations"] == 200
+    # auto answers with the potential (test and distance), cross-checked by the exact solver.
+    est = add_estimate(db, sx, sy, method="auto", crosscheck="auto")
+    run_job(est, settings)
+    row = get_row(db, est)
+    assert row.status == "succeeded", row.error
+    r = row.result
+    assert r["method"] == "lipschitz" and r["exact"]["value"] == pytest.approx(want, rel=1e-12)
+    assert r["verdict"]["test"] == "heldout-potential-permutation"
+    assert r["distance"]["kind"] == "distribution" and r["noise_floor"]["permutations"] == 5
+    assert r["verdict"]["summary"].startswith(("differ", "no detectable"))
+    assert blobs.potential_path(est).exists()
     # auto above the pair limit: lipschitz, and crosscheck auto then skips the exact solve.
     small = make_settings(tmp_path, exact_max_pairs=100)
     est = add_estimate(db, sx, sy, method="auto", crosscheck="auto")
