@@ -5,11 +5,13 @@ estimate_w1 (prepare, fit, certify, hold_out) are in lipcore.estimate for caller
 """
 
 from .accel import default_device
+from .bracket import UpperBound, bracket_width, upper_bound
 from .certify import evaluate
 from .config import EstimatorConfig
 from .errors import Cancelled, ConfigError, ExactNotConverged, ExactTooLarge
 from .estimate import Estimate, estimate_w1
 from .exact import exact_w1
+from .features import Feature, feature_table
 from .holdout import Holdout
 from .potential import load_potential, read_potential_metadata
 from .train import Progress
@@ -23,16 +25,21 @@ __all__ = [
     "EstimatorConfig",
     "ExactNotConverged",
     "ExactTooLarge",
+    "Feature",
     "Holdout",
     "Progress",
     "TwoSampleTest",
+    "UpperBound",
+    "bracket_width",
     "default_device",
     "estimate_w1",
     "evaluate",
     "exact_permutation_test",
     "exact_w1",
+    "feature_table",
     "load_potential",
     "normalised_weights",
     "permutation_test",
     "read_potential_metadata",
+    "upper_bound",
 ]
