@@ -119,8 +119,9 @@ def summary(test: TwoSampleTest | None, alpha: float, distance: Any = None) -> s
     if test is None:
         return "no two-sample test was run"
     p = test.p_value
+    # The smallest p-value B relabellings can give is 1 / (B + 1) < 1 / B.
     floor = 1.0 / (1 + test.permutations)
-    p_text = f"p ≤ {_fmt(floor)}" if p <= floor else f"p = {_fmt(p)}"
+    p_text = f"p < {_fmt(1.0 / test.permutations)}" if p <= floor else f"p = {_fmt(p)}"
     head = (
         f"differ ({p_text})"
         if test.rejects(alpha)

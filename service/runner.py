@@ -307,8 +307,8 @@ def compute(
     exact, exact_test = None, None
     if chosen.run_exact:
         if callback is not None:
-            steps = fitted.steps if fitted is not None else 0
-            callback(lipcore.Progress(steps, steps, 0.0, time.perf_counter() - t0, "exact"))
+            steps, obj = (fitted.steps, fitted.objective) if fitted is not None else (0, 0.0)
+            callback(lipcore.Progress(steps, steps, obj, time.perf_counter() - t0, "exact"))
         exact = solve_exact(x, y, a, b, exact_max_pairs)
         between_phases()
         if chosen.exact_permutations:
