@@ -125,3 +125,20 @@ def test_exact_permutation_test_and_its_noise_floor() -> None:
     far = y + [3.0, 0, 0, 0, 0]
     moved = exact_permutation_test(x, far, a, b, exact_w1(x, far), 49, rng, 10**6)
     assert moved.p_value == pytest.approx(1 / 50) and moved.statistic > 1.3 * moved.null_median
+
+
+@pytest.mark.slow
+def test_twenty_dimensional_shift_distance_and_verdict() -> None:
+    """The issue's case: two 5000 x 20 samples, one feature shifted by 0.5 (W1 = 0.5). The
+    held-out distance is within reach of 0.5 and its interval covers it; the null pair's test
+    does not reject and its distance interval covers 0."""
+    rng = np.random.default_rng(100)
+    x, y = rng.normal(size=(5000, 20)), rng.normal(size=(5000, 20))
+    y[:, 0] += 0.5
+    est = estimate_w1(x, y, seed=0, device="cpu")
+    assert est.holdout is not None and est.test is not None
+    lo, hi = est.holdout.ci95
+    assert est.holdout.value >= 0.40 and lo <= 0.5 <= hi
+    assert est.test.p_value < 0.01
+    null = estimate_w1(x, rng.normal(size=(5000, 20)), seed=0, device="cpu")
+    assert null.holdout is not None and null.holdout.ci95[0] <= 0.0

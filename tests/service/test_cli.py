@@ -93,11 +93,13 @@ def test_estimate_in_process_json_with_crosscheck(tmp_path, capsys):
     assert abs(c - res["potential_center"]) < 1e-9
 
 
-def test_estimate_auto_small_is_exact_and_prints_a_table(tmp_path, capsys):
+def test_estimate_exact_small_is_tested_and_prints_the_answer_first(tmp_path, capsys):
     np.save(tmp_path / "a.npy", np.array([[0.0], [1.0]]))
     np.save(tmp_path / "b.npy", np.array([[2.0], [3.0]]))
-    assert cli.main(["estimate", "a.npy", "b.npy", "-q"]) == 0
+    assert cli.main(["estimate", "a.npy", "b.npy", "--method", "exact", "-q"]) == 0
     out = capsys.readouterr().out
+    # 4 points: the exact W1 under relabelling cannot reach p <= 0.05 (2 of 6 splits tie).
+    assert out.splitlines()[0].startswith("no detectable difference (p = ")
     assert "method" in out and "exact" in out and "closed_form_1d" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("w1"))
     assert float(line.split()[1]) == pytest.approx(2.0)
@@ -160,6 +162,25 @@ def test_format_result_names_the_guarantees():
     )  # fmt: skip
     assert "est_1" in text and "certified" in text and "95% CI [0.9, 1.3]" in text
     assert "4.76 %" in text
+    assert text.splitlines()[0].startswith("no two-sample test: empirical W1")
+
+
+def test_format_result_answers_first_and_notes_last():
+    text = cli.format_result(
+        {"method": "lipschitz", "w1": 3.5, "lower_bound": 3.5, "lipschitz_constant": 1.0,
+         "verdict": {"differ": True, "alpha": 0.05, "p_value": 0.000999, "permutations": 1000,
+                     "test": "heldout-potential-permutation",
+                     "summary": "differ (p < 0.001): distance 0.47, 95 % CI [0.39, 0.55]"},
+         "distance": {"value": 0.47, "ci95": [0.39, 0.55], "kind": "distribution"},
+         "noise_floor": {"value": 3.4, "of": "exact", "permutations": 5},
+         "notes": ["the empirical W1 (3.5) is dominated by sampling noise"],
+         "device": "cpu", "seconds": 1.0, "steps": 30},
+    )  # fmt: skip
+    lines = text.splitlines()
+    assert lines[0] == "differ (p < 0.001): distance 0.47, 95 % CI [0.39, 0.55]"
+    assert lines[1].startswith("distance") and "held-out" in lines[1]
+    assert any(ln.startswith("noise_floor  ") or ln.startswith("noise_floor ") for ln in lines)
+    assert lines[-1] == "note: the empirical W1 (3.5) is dominated by sampling noise"
 
 
 def _csv(path: Path, names: list[str] | None, a: np.ndarray, sep: str = ",") -> None:

@@ -171,3 +171,10 @@ def test_route_unreadable_potential_still_answers_with_the_numbers(with_estimate
     r = with_estimate.get("/v1/estimates/est_done/report.png")
     assert r.status_code == 200
     assert _size(r.content) == (1300, 450)  # objective + numbers, no histograms
+
+
+def test_headline_is_the_verdict_sentence():
+    verdict = {"summary": "no detectable difference (p = 0.62, alpha = 0.05)"}
+    assert report.headline("succeeded", {"verdict": verdict}, "x") == verdict["summary"]
+    assert report.headline("succeeded", {"verdict": None}, "ids") == "ids"
+    assert report.headline("failed", None, "ids") == "ids"
