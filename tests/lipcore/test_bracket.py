@@ -60,7 +60,7 @@ def test_bracket_holds_on_every_input(problem):
     # no tolerance on this side: the bound carries its own rounding allowance
     assert exact <= ub.value, (exact, ub)
     assert exact <= plain.value, (exact, plain)
-    assert ub.value <= ub.history[0] * (1 + 1e-12) + 1e-300  # refinement never adds cost
+    assert ub.cost <= ub.history[0] * (1 + 1e-12) + 1e-300  # refinement never adds cost
 
 
 def _weights(rng, n):
