@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from .accel import resolve_device
+from .bracket import UpperBound, bracket_width, upper_bound
 from .certify import (
     Rows,
     evaluate,
@@ -41,6 +42,7 @@ from .certify import (
 )
 from .config import EstimatorConfig
 from .errors import ConfigError
+from .features import Feature, feature_table
 from .holdout import Holdout, Split, holdout_estimate, split
 from .network import LipschitzMLP
 from .potential import save_potential
@@ -74,6 +76,16 @@ class Estimate:
     potential: nn.Sequential = field(repr=False)
     history: list[tuple[int, float]] = field(default_factory=list, repr=False)
     d: int = 0
+    features: list[Feature] = field(default_factory=list)
+    upper_bound: UpperBound | None = None
+
+    @property
+    def bracket_width(self) -> float | None:
+        """(upper_bound - lower_bound) / upper_bound: how tight the certified bracket of the
+        empirical W1 is (None without an upper bound)."""
+        if self.upper_bound is None:
+            return None
+        return bracket_width(self.lower_bound, self.upper_bound.value)
 
     def verdict(self, alpha: float = 0.05) -> dict[str, Any] | None:
         """Do the two distributions differ? The test's decision at level ``alpha``, its p-value
@@ -95,6 +107,9 @@ class Estimate:
         """The numbers as JSON-ready values (no potential, no history)."""
         return {
             "test": None if self.test is None else self.test.to_dict(),
+            "features": [f.to_dict() for f in self.features],
+            "upper_bound": None if self.upper_bound is None else self.upper_bound.value,
+            "bracket_width": self.bracket_width,
             "lower_bound": self.lower_bound,
             "lipschitz_constant": self.lipschitz_constant,
             "center": self.center,
@@ -492,12 +507,30 @@ def estimate_w1(
     verdict_test = two_sample_test(
         cert, prep.split_x, prep.split_y, prep.config.permutations, prep.seed
     )
+    phase("bracketing")
+    features = feature_table(
+        cert.potential,
+        prep.x,
+        prep.y,
+        prep.a,
+        prep.b,
+        lipschitz=cert.divisor,
+        chunk=prep.config.eval_chunk,
+        seed=prep.seed,
+    )
+    # The bracket costs at most what the estimate cost so far (its first pass always runs).
+    upper = upper_bound(
+        prep.x, prep.y, prep.a, prep.b, fx=cert.fx, fy=cert.fy,
+        max_seconds=time.perf_counter() - t0,
+    )  # fmt: skip
     return Estimate(
         lower_bound=cert.lower_bound,
         lipschitz_constant=cert.lipschitz_constant,
         center=cert.center,
         holdout=hold_out(cert, prep.split_x, prep.split_y),
         test=verdict_test,
+        features=features,
+        upper_bound=upper,
         objective=float(fitted.result.objective),
         steps=fitted.result.steps,
         seconds=time.perf_counter() - t0,

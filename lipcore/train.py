@@ -30,8 +30,8 @@ from .network import LipschitzMLP
 @dataclass(frozen=True)
 class Progress:
     """What a progress callback receives. ``objective`` is in the units of the input data;
-    ``phase``: "training" (step of total_steps), then "certifying" and "testing" (once each,
-    step = total_steps: the potential is trained, the certificate and the test follow)."""
+    ``phase``: "training" (step of total_steps), then "certifying", "testing" and "bracketing"
+    (once each, step = total_steps: the potential is trained, the rest follows)."""
 
     step: int
     total_steps: int

@@ -29,6 +29,11 @@ def test_result_fields_and_json(tiny):
     lo, hi = est.holdout.ci95
     assert lo < est.holdout.value < hi
     assert 0 < est.lower_bound <= exact_w1(x, y)
+    # The certified bracket of the empirical W1, and the per-feature table.
+    assert est.upper_bound is not None and exact_w1(x, y) <= est.upper_bound.value
+    assert est.bracket_width == pytest.approx(1 - est.lower_bound / est.upper_bound.value)
+    assert [f.name for f in sorted(est.features, key=lambda f: f.index)] == ["x0", "x1"]
+    assert sum(f.attribution or 0.0 for f in est.features) == pytest.approx(1.0)
     assert set(est.grad_norm) == {"q05", "q50", "q95"}
     assert 0 < est.grad_norm["q05"] <= est.grad_norm["q50"] <= est.grad_norm["q95"] <= 1 + 1e-9
     assert est.history and est.history[-1][0] == est.steps
@@ -37,7 +42,8 @@ def test_result_fields_and_json(tiny):
     assert d["holdout"]["ci95"] == [lo, hi]
     assert d["config"] == tiny.to_dict()
     assert set(d) == {
-        "test", "lower_bound", "lipschitz_constant", "center", "holdout", "objective", "steps",
+        "test", "features", "upper_bound", "bracket_width", "lower_bound", "lipschitz_constant",
+        "center", "holdout", "objective", "steps",
         "seconds", "device", "grad_norm", "config",
     }  # fmt: skip
 
@@ -84,7 +90,7 @@ def test_progress_callback_reports_and_can_cancel(tiny):
     estimate_w1(x, y, config=tiny, callback=seen.append)
     training = [p for p in seen if p.phase == "training"]
     assert [p.step for p in training] == list(range(tiny.progress_every, tiny.steps + 1, 10))
-    assert [p.phase for p in seen[len(training) :]] == ["certifying", "testing"]
+    assert [p.phase for p in seen[len(training) :]] == ["certifying", "testing", "bracketing"]
     assert all(p.total_steps == tiny.steps and math.isfinite(p.objective) for p in seen)
     assert all(b.elapsed_s >= a.elapsed_s for a, b in zip(seen, seen[1:], strict=False))
 
