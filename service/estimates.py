@@ -50,8 +50,10 @@ def canonical(req: EstimateRequest, settings: Settings) -> dict[str, Any]:
         "holdout": float(req.holdout),
         "seed": int(req.seed),
         "config": config.to_dict(),
-        # The level joins the hashed form only when asked (keys of older requests still match).
+        # Newer fields join the hashed form only when not the default (keys of older requests
+        # still match).
         **({"alpha": float(req.alpha)} if req.alpha != 0.05 else {}),
+        **({"match_columns": req.match_columns} if req.match_columns != "names" else {}),
     }
 
 
@@ -72,6 +74,13 @@ def check_plan(req: EstimateRequest, db: Database, settings: Settings) -> policy
             "target",
             f"dimension {tgt.d} differs from the source's {src.d}; both sets need the same d",
         )
+    named = req.match_columns == "names" and _named(src.columns) and _named(tgt.columns)
+    if named and src.columns != tgt.columns:
+        raise invalid_field(
+            "target",
+            f"its columns {tgt.columns} are not the source's {src.columns} (same names in the "
+            'same order); upload them alike, or send "match_columns": "position"',
+        )
     try:
         return policy.plan(
             method=req.method,
@@ -85,6 +94,11 @@ def check_plan(req: EstimateRequest, db: Database, settings: Settings) -> policy
         )
     except policy.PolicyError as exc:
         raise invalid_field(exc.field, exc.detail) from None
+
+
+def _named(columns: list[str] | None) -> bool:
+    """Whether a dataset came with column names (not the x0 ... x{d-1} every unnamed one has)."""
+    return bool(columns) and columns != [f"x{j}" for j in range(len(columns or []))]
 
 
 def replay(db: Database, key: str, digest: str) -> EstimateRow | None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lipcore import ConfigError, Estimate, EstimatorConfig, TwoSampleTest
+from lipcore import ConfigError, Estimate, EstimatorConfig, Feature, TwoSampleTest
 from lipcore.twosample import summary
 
 METHODS = ("auto", "lipschitz", "exact")
@@ -184,24 +184,31 @@ def result(
     seconds: float,
     alpha: float = 0.05,
     exact_test: TwoSampleTest | None = None,
+    features: list[Feature] | None = None,
 ) -> dict[str, Any]:
     """The result dict of the contract, for either method: the answer first (``verdict``,
     ``distance``, ``notes``), then the figures of the two samples.
 
     ``fitted``: the lipschitz estimate (None for exact); ``exact``: the exact member or None;
     ``exact_test``: the exact W1 under relabelling (the exact method's test, or the noise floor
-    beside a cross-check) or None.
+    beside a cross-check) or None; ``features``: the per-feature table (``fitted.features``
+    when None).
     """
+    if features is None:
+        features = fitted.features if fitted is not None else []
     out: dict[str, Any] = {
         "method": chosen.method,
         "verdict": None,
         "distance": None,
+        "features": [f.to_dict() for f in features],
         "notes": [],
         "w1": None if exact is None else exact["value"],
         "lower_bound": None,
         "lipschitz_constant": None,
         "holdout": None,
         "exact": exact,
+        "upper_bound": None,
+        "bracket_width": None,
         "noise_floor": None,
         "relative_gap": None,
         "diagnostics": None,
@@ -242,6 +249,8 @@ def result(
             "lipschitz_constant": float(fitted.lipschitz_constant),
             "holdout": None if fitted.holdout is None else fitted.holdout.to_dict(),
             "relative_gap": gap,
+            "upper_bound": None if fitted.upper_bound is None else fitted.upper_bound.value,
+            "bracket_width": fitted.bracket_width,
             "diagnostics": {
                 "grad_norm": {k: float(v) for k, v in fitted.grad_norm.items()},
                 "objective": float(fitted.objective),

@@ -22,6 +22,7 @@ compare-and-set), and the executor may then kill the process that is still compu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +225,8 @@ def _load(db: Database, blobs: BlobStore, job_id: str) -> tuple[EstimateRow, dic
         samples, weights = blobs.load_dataset(ds.sha256, mmap=True)
         data[key] = samples
         data["a" if key == "x" else "b"] = weights
+    assert src is not None
+    data["names"] = src.columns  # the source's column names (None: rows stored without them)
     return row, data
 
 
@@ -260,6 +263,7 @@ def _compute(
         exact_max_pairs=settings.exact_max_pairs,
         callback=att.callback,
         between_phases=att.check_between_phases,
+        names=data.get("names"),
     )
     if fitted is not None:
         with blobs.temp_path(".safetensors") as tmp:
@@ -285,6 +289,7 @@ def compute(
     exact_max_pairs: int,
     callback: Callable[[lipcore.Progress], None] | None = None,
     between_phases: Callable[[], None] = lambda: None,
+    names: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], lipcore.Estimate | None]:
     """What a plan runs, in order: the potential (the answer), then the exact solver and its
     relabellings (the cross-check never holds the answer back). The result dict and the
@@ -316,6 +321,10 @@ def compute(
                 x, y, a, b, exact["value"], chosen.exact_permutations, seed, exact_max_pairs
             )
             between_phases()
+    # The exact method has no potential: the marginals are defined, the shares are not.
+    features = fitted.features if fitted is not None else lipcore.feature_table(None, x, y, a, b)
+    if names is not None and len(names) == x.shape[1]:
+        features = [dataclasses.replace(f, name=str(names[f.index])) for f in features]
     result = policy.result(
         chosen,
         exact=exact,
@@ -323,6 +332,7 @@ def compute(
         seconds=time.perf_counter() - t0,
         alpha=alpha,
         exact_test=exact_test,
+        features=features,
     )
     return result, fitted
 

@@ -58,6 +58,12 @@ class EstimateRequest(BaseModel):
         strict=True,
         description="Level of the two-sample test: the verdict says 'differ' when p <= alpha.",
     )
+    match_columns: Literal["names", "position"] = Field(
+        "names",
+        description="names: two datasets with named columns must name the same columns in the "
+        "same order (else 422: a silent column-order mismatch is a wrong answer); position: "
+        "pair the columns by position whatever their names.",
+    )
     seed: int = Field(0, ge=0, le=INT64_MAX, strict=True, description="Seed of the whole job.")
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -74,8 +80,9 @@ class Progress(BaseModel):
     total_steps: int
     objective: float | None = None
     elapsed_s: float
-    phase: Literal["training", "certifying", "testing", "exact"] = Field(
-        "training", description="training (step of total_steps), certifying, testing, exact."
+    phase: Literal["training", "certifying", "testing", "bracketing", "exact"] = Field(
+        "training",
+        description="training (step of total_steps), certifying, testing, bracketing, exact.",
     )
 
 
@@ -142,6 +149,22 @@ class NoiseFloor(BaseModel):
     permutations: int
 
 
+class FeatureResult(BaseModel):
+    """Where do they differ? One feature (column) of the data."""
+
+    name: str = Field(description="The column's name (x0, x1, ... for unnamed data).")
+    index: int = Field(description="The column's position.")
+    marginal_w1: float = Field(description="Exact 1-D W1 of this feature's two marginals.")
+    attribution: float | None = Field(
+        description="Share of the potential's squared gradient on this feature (sums to 1); "
+        "null for method exact."
+    )
+    direction: float | None = Field(
+        description="Mean signed gradient component in [-1, 1]: > 0 means the target lies at "
+        "larger values of this feature; null for method exact."
+    )
+
+
 class EstimateResult(BaseModel):
     """The answer first (verdict, distance, notes), then the figures of these two samples."""
 
@@ -151,6 +174,10 @@ class EstimateResult(BaseModel):
     verdict: Verdict | None = Field(None, description="Do they differ? (null: no test ran)")
     distance: Distance | None = Field(
         None, description="By how much do the distributions differ? (null for method exact)"
+    )
+    features: list[FeatureResult] = Field(
+        default_factory=list,
+        description="Where? Per feature, sorted by attribution (by marginal_w1 for exact).",
     )
     notes: list[str] = Field(
         default_factory=list, description="What to know before reading the figures below."
@@ -164,6 +191,14 @@ class EstimateResult(BaseModel):
     )
     holdout: HoldoutResult | None = None
     exact: ExactResult | None = None
+    upper_bound: float | None = Field(
+        None,
+        description="Certified upper bound of the empirical W1: the cost of an explicit "
+        "coupling, so that lower_bound <= exact <= upper_bound on every input.",
+    )
+    bracket_width: float | None = Field(
+        None, description="(upper_bound - lower_bound) / upper_bound."
+    )
     noise_floor: NoiseFloor | None = Field(
         None, description="Beside exact: the same statistic for two samples of one distribution."
     )

@@ -422,3 +422,20 @@ def test_events_stream_is_bounded_and_notices_a_deleted_job(make_client, setting
             s.delete(s.get(EstimateRow, est["id"]))
         text = "".join(r.iter_text())
     assert sse_events(text) == [("error", {"id": est["id"], "status": "deleted", "error": None})]
+
+
+def test_columns_must_match_by_name_unless_asked_by_position(api) -> None:
+    rows = [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    ab = api.post("/v1/datasets", json={"samples": rows, "columns": ["a", "b"]}).json()
+    ba = api.post("/v1/datasets", json={"samples": rows, "columns": ["b", "a"]}).json()
+    plain = api.post("/v1/datasets", json={"samples": rows}).json()
+    r = api.post("/v1/estimates", json={"source": ab["id"], "target": ba["id"]})
+    assert r.status_code == 422 and "['b', 'a']" in r.json()["detail"]
+    assert "match_columns" in r.json()["detail"]
+    body = {"source": ab["id"], "target": ba["id"], "match_columns": "position"}
+    assert api.post("/v1/estimates", json=body).status_code == 202
+    # Unnamed data (x0, x1) pairs by position with anything.
+    assert (
+        api.post("/v1/estimates", json={"source": ab["id"], "target": plain["id"]}).status_code
+        == 202
+    )

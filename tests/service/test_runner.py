@@ -20,7 +20,8 @@ from service.settings import Settings
 from service.store import Database, EstimateRow, jobs
 
 RESULT_KEYS = {
-    "method", "verdict", "distance", "notes", "noise_floor", "w1", "lower_bound",
+    "method", "verdict", "distance", "features", "notes", "noise_floor", "w1", "lower_bound",
+    "upper_bound", "bracket_width",
     "lipschitz_constant", "holdout", "exact", "relative_gap", "diagnostics",
     "potential_center", "device", "seconds", "steps", "config",
 }  # fmt: skip
@@ -65,6 +66,10 @@ def test_lipschitz_with_crosscheck_matches_contract(env, pair2d) -> None:
     assert r["exact"]["solver"] == "pot.emd2" and r["exact"]["seconds"] >= 0
     assert r["exact"]["value"] == pytest.approx(lipcore.exact_w1(x, y), rel=1e-12)
     assert r["lower_bound"] > 0 and below(r["lower_bound"], r["exact"]["value"])
+    # The certified bracket holds around the exact value; the features carry their names.
+    assert r["exact"]["value"] <= r["upper_bound"]
+    assert r["bracket_width"] == pytest.approx(1 - r["lower_bound"] / r["upper_bound"])
+    assert sorted(f["name"] for f in r["features"]) == ["x0", "x1"]
     gap = (r["exact"]["value"] - r["lower_bound"]) / r["exact"]["value"]
     assert r["relative_gap"] == pytest.approx(gap) and r["relative_gap"] >= -1e-9
     assert r["lipschitz_constant"] > 0 and r["steps"] == 30 and r["device"] == "cpu"
