@@ -255,6 +255,11 @@ def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str
         rows.append(
             ("exact", f"{_g(ex.get('value'))}  ({ex.get('solver')}, {_g(ex.get('seconds'), 3)} s)")
         )
+    if result.get("upper_bound") is not None:
+        rows.append(
+            ("upper_bound", f"{_g(result['upper_bound'])}  (certified >= empirical W1; bracket "
+             f"width {100 * float(result.get('bracket_width') or 0.0):.3g} %)")
+        )  # fmt: skip
     floor = result.get("noise_floor")
     if isinstance(floor, dict):
         rows.append(
@@ -274,9 +279,31 @@ def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str
     rows.append(("seconds", _g(result.get("seconds"), 3)))
     width = max(len(k) for k, _ in rows)
     lines = [headline(result)]
+    lines += _feature_lines(result.get("features") or [])
     lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
     lines += [f"note: {n}" for n in result.get("notes") or []]
     return "\n".join(lines)
+
+
+def _feature_lines(features: list[dict[str, Any]], top: int = 5) -> list[str]:
+    """Where they differ: the top features, after the verdict."""
+    if not features:
+        return []
+    shown = features[:top]
+    width = max(len(str(f.get("name"))) for f in shown)
+    out = [f"where (top {len(shown)} of {len(features)} features):"]
+    for f in shown:
+        share = f.get("attribution")
+        share_text = "-" if share is None else f"{100 * float(share):5.1f} %"
+        direction = f.get("direction")
+        way = (
+            "" if direction is None else ("  target higher" if direction > 0 else "  target lower")
+        )
+        out.append(
+            f"  {str(f.get('name')).ljust(width)}  attribution {share_text}  "
+            f"marginal W1 {_g(f.get('marginal_w1'), 4)}{way}"
+        )
+    return out
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -404,6 +431,8 @@ def _estimate_here(
         inp = report.ReportInputs(
             title=headline(result),
             numbers=report.summary_numbers("succeeded", result),
+            notes=list(result.get("notes") or []),
+            features=list(result.get("features") or []),
             history=np.asarray(est.history, float) if est is not None and est.history else None,
         )
         if est is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 SOURCE_COLOR = "#1f77b4"
+TOP_FEATURES = 10  # bars in the features panel
 TARGET_COLOR = "#d62728"
 SCATTER_MAX = 2000  # points per set drawn on the heat map (more only hides the colours)
 EVAL_CHUNK = 65_536  # rows per chunk when evaluating the potential
@@ -36,6 +37,7 @@ class ReportInputs:
     points_source: np.ndarray | None = None  # (k, 2) samples drawn on the heat map
     points_target: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    features: list[dict[str, Any]] = field(default_factory=list)  # result["features"]
 
 
 def _fmt(v: Any, digits: int = 6) -> str:
@@ -130,6 +132,8 @@ def render_png(inp: ReportInputs, dpi: int = 100) -> bytes:
         panels.append("histograms")
     if inp.grid_g is not None:
         panels.append("heatmap")
+    elif inp.features:  # d != 2: where the picture has room, which features moved
+        panels.append("features")
     n = len(panels)
     cols = 1 if n == 1 else 2
     rows = (n + cols - 1) // cols
@@ -181,6 +185,20 @@ class _Panels:
         ax.set_ylabel("density")
         ax.set_title("Potential on both sets (high on the source)")
         ax.legend(loc="best", fontsize=9)
+
+    @staticmethod
+    def features(ax: Any, inp: ReportInputs) -> None:
+        top = inp.features[:TOP_FEATURES][::-1]
+        names = [str(f.get("name")) for f in top]
+        shares = [f.get("attribution") for f in top]
+        if all(s is not None for s in shares):
+            ax.barh(names, shares, color=TARGET_COLOR)
+            ax.set_xlabel("attribution: share of the potential's squared gradient")
+        else:  # method exact: no potential, the marginals only
+            ax.barh(names, [float(f.get("marginal_w1") or 0.0) for f in top], color=SOURCE_COLOR)
+            ax.set_xlabel("marginal W1 of the feature")
+        ax.set_title(f"Where they differ: top {len(top)} features")
+        ax.grid(alpha=0.3, axis="x")
 
     @staticmethod
     def heatmap(ax: Any, inp: ReportInputs) -> None:

@@ -86,6 +86,8 @@ def build_png(
             row.status, result, f"{row.id}: {row.source_id} -> {row.target_id} ({row.status})"
         ),
         numbers=report.summary_numbers(row.status, result, row.error),
+        notes=list((result or {}).get("notes") or []),
+        features=list((result or {}).get("features") or []),
     )
     if row.history:
         hist = np.asarray(row.history, dtype=float)

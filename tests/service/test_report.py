@@ -178,3 +178,24 @@ def test_headline_is_the_verdict_sentence():
     assert report.headline("succeeded", {"verdict": verdict}, "x") == verdict["summary"]
     assert report.headline("succeeded", {"verdict": None}, "ids") == "ids"
     assert report.headline("failed", None, "ids") == "ids"
+
+
+def test_features_panel_fills_the_picture_beyond_2d(tmp_path):
+    feats = [
+        {"name": f"f{j}", "index": j, "marginal_w1": 0.5 / (j + 1), "attribution": 0.5 / 2**j,
+         "direction": 1.0}
+        for j in range(12)
+    ]  # fmt: skip
+    inp = report.ReportInputs(
+        title="differ (p < 0.001): distance 0.47, 95 % CI [0.39, 0.55]",
+        numbers=[("status", "succeeded")],
+        history=np.array([[10, 0.1], [20, 0.4]]),
+        g_source=np.random.default_rng(0).normal(size=50),
+        g_target=np.random.default_rng(1).normal(size=50),
+        features=feats,
+    )
+    with_features = report.render_png(inp)
+    inp.features = []
+    without = report.render_png(inp)
+    (tmp_path / "r.png").write_bytes(with_features)
+    assert with_features[:8] == b"\x89PNG\r\n\x1a\n" and len(with_features) > len(without)
