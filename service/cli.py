@@ -170,6 +170,7 @@ def estimate_local(
     crosscheck: str = "auto",
     holdout: float = 0.2,
     alpha: float = 0.05,
+    scale: str = "none",
     seed: int = 0,
     config: dict[str, Any] | None = None,
     device: str | None = None,
@@ -205,6 +206,7 @@ def estimate_local(
         device=device,
         exact_max_pairs=exact_max_pairs,
         callback=callback,
+        scale=scale,
     )
 
 
@@ -396,7 +398,8 @@ def _estimate_remote(
         upload = {k: getattr(args, k) for k in ("columns", "exclude", "header", "delimiter")}
         est = c.estimate(
             args.x, args.y, a=args.weights, b=args.weights, method=args.method, wait=False,
-            crosscheck=args.crosscheck, holdout=args.holdout, alpha=args.alpha, seed=args.seed,
+            crosscheck=args.crosscheck, holdout=args.holdout, alpha=args.alpha, scale=args.scale,
+            seed=args.seed,
             config=config,
             upload={k: v for k, v in upload.items() if v is not None},
         )  # fmt: skip
@@ -420,7 +423,8 @@ def _estimate_here(
     x, a, y, b = _load_pair(args, settings)
     result, est = estimate_local(
         x, y, a, b, method=args.method, crosscheck=args.crosscheck, holdout=args.holdout,
-        alpha=args.alpha, seed=args.seed, config=config, device=args.device or settings.device,
+        alpha=args.alpha, scale=args.scale, seed=args.seed, config=config,
+        device=args.device or settings.device,
         exact_max_pairs=settings.exact_max_pairs, callback=bar,
     )  # fmt: skip
     if args.potential and est is not None:
@@ -528,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--holdout", type=float, default=0.2, help="fraction held out (default 0.2)")
     e.add_argument(
         "--alpha", type=float, default=0.05, help="level of the two-sample test (default 0.05)"
+    )
+    e.add_argument(
+        "--scale",
+        choices=("none", "standardize", "robust"),
+        default="none",
+        help="per-feature scaling before the Euclidean cost (default none: the data's units)",
     )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--steps", type=int, help="most training steps")

@@ -54,6 +54,7 @@ def canonical(req: EstimateRequest, settings: Settings) -> dict[str, Any]:
         # still match).
         **({"alpha": float(req.alpha)} if req.alpha != 0.05 else {}),
         **({"match_columns": req.match_columns} if req.match_columns != "names" else {}),
+        **({"scale": req.scale} if req.scale != "none" else {}),
     }
 
 
@@ -138,6 +139,7 @@ def submit(
         crosscheck=form["crosscheck"],
         holdout=form["holdout"],
         alpha=form.get("alpha", 0.05),
+        scale=form.get("scale", "none"),
         seed=form["seed"],
         config=form["config"],
         request_hash=digest,

@@ -217,6 +217,7 @@ def result(
         "seconds": float(seconds),
         "steps": 0,
         "config": None,
+        "scale": None,
     }
     if exact_test is not None:
         out["noise_floor"] = {

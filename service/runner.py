@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 import lipcore
+from lipcore.scaling import feature_scales, fold_scales
 from service import policy
 from service.blobs import BlobStore
 from service.problems import JobError
@@ -264,6 +265,7 @@ def _compute(
         callback=att.callback,
         between_phases=att.check_between_phases,
         names=data.get("names"),
+        scale=row.scale,
     )
     if fitted is not None:
         with blobs.temp_path(".safetensors") as tmp:
@@ -290,11 +292,18 @@ def compute(
     callback: Callable[[lipcore.Progress], None] | None = None,
     between_phases: Callable[[], None] = lambda: None,
     names: Sequence[str] | None = None,
+    scale: str = "none",
 ) -> tuple[dict[str, Any], lipcore.Estimate | None]:
     """What a plan runs, in order: the potential (the answer), then the exact solver and its
     relabellings (the cross-check never holds the answer back). The result dict and the
     fitted estimate (None for method exact). The job runner and the in-process CLI share it."""
     t0 = time.perf_counter()
+    a_n, b_n = lipcore.normalised_weights(a, x.shape[0]), lipcore.normalised_weights(b, y.shape[0])
+    spread = feature_scales(x, y, a_n, b_n, "standardize")
+    factors = None
+    if scale != "none":  # every figure in the scaled units; the potential takes raw points
+        factors = spread if scale == "standardize" else feature_scales(x, y, a_n, b_n, scale)
+        x, y = np.asarray(x, np.float64) / factors, np.asarray(y, np.float64) / factors
     fitted = None
     if chosen.fits_potential:
         fitted = lipcore.estimate_w1(
@@ -309,6 +318,8 @@ def compute(
             callback=callback,
         )
         between_phases()
+        if factors is not None:
+            fold_scales(fitted.potential, factors)
     exact, exact_test = None, None
     if chosen.run_exact:
         if callback is not None:
@@ -334,7 +345,19 @@ def compute(
         exact_test=exact_test,
         features=features,
     )
+    result["scale"] = {"mode": scale, "factors": None if factors is None else factors.tolist()}
+    ratio = float(spread.max() / spread.min())
+    if scale == "none" and ratio > UNITS_WARNING_RATIO:
+        result["notes"].append(
+            f"the features' standard deviations differ by {ratio:.3g}x: the Euclidean cost is "
+            "dominated by the largest ones; if they are in different units, ask "
+            'scale "standardize" (or "robust")'
+        )
     return result, fitted
+
+
+#: Feature spreads further apart than this get a note (the units may not be comparable).
+UNITS_WARNING_RATIO = 100.0
 
 
 def exact_relabelled(

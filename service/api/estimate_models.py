@@ -58,6 +58,12 @@ class EstimateRequest(BaseModel):
         strict=True,
         description="Level of the two-sample test: the verdict says 'differ' when p <= alpha.",
     )
+    scale: Literal["none", "standardize", "robust"] = Field(
+        "none",
+        description="Per-feature scaling before the Euclidean cost: none (the data's own units), "
+        "standardize (pooled standard deviation) or robust (pooled interquartile range). Every "
+        "figure is then in the scaled units; the potential takes raw points (/evaluate).",
+    )
     match_columns: Literal["names", "position"] = Field(
         "names",
         description="names: two datasets with named columns must name the same columns in the "
@@ -199,6 +205,10 @@ class EstimateResult(BaseModel):
     bracket_width: float | None = Field(
         None, description="(upper_bound - lower_bound) / upper_bound."
     )
+    scale: dict[str, Any] | None = Field(
+        None,
+        description='{"mode", "factors"}: the per-feature factors the data was divided by.',
+    )
     noise_floor: NoiseFloor | None = Field(
         None, description="Beside exact: the same statistic for two samples of one distribution."
     )
@@ -234,6 +244,7 @@ class Estimate(BaseModel):
     crosscheck: Crosscheck
     holdout: float
     alpha: float
+    scale: str = "none"
     seed: int
     config: dict[str, Any] = Field(description="The full EstimatorConfig the job runs with.")
     progress: Progress | None = None

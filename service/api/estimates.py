@@ -65,6 +65,7 @@ def to_model(row: EstimateRow) -> Estimate:
         crosscheck=row.crosscheck,
         holdout=row.holdout,
         alpha=row.alpha,
+        scale=row.scale,
         seed=row.seed,
         config=row.config or {},
         progress=row.progress or None,

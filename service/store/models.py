@@ -78,6 +78,7 @@ class EstimateRow(Base):
     crosscheck: Mapped[str] = mapped_column(String(16))
     holdout: Mapped[float] = mapped_column(Float)
     alpha: Mapped[float] = mapped_column(Float, default=0.05, server_default="0.05")
+    scale: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     seed: Mapped[int] = mapped_column(BigInteger)
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     request_hash: Mapped[str] = mapped_column(String(64))

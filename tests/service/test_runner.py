@@ -21,7 +21,7 @@ from service.store import Database, EstimateRow, jobs
 
 RESULT_KEYS = {
     "method", "verdict", "distance", "features", "notes", "noise_floor", "w1", "lower_bound",
-    "upper_bound", "bracket_width",
+    "upper_bound", "bracket_width", "scale",
     "lipschitz_constant", "holdout", "exact", "relative_gap", "diagnostics",
     "potential_center", "device", "seconds", "steps", "config",
 }  # fmt: skip
@@ -336,3 +336,31 @@ def test_unclaimable_job_returns_quietly(env, pair2d) -> None:
     run_job("est_missing", settings)
     row = get_row(db, est)
     assert row.status == "cancelled" and row.attempt == 0
+
+
+def test_scale_standardize_records_factors_and_the_potential_takes_raw_points(env) -> None:
+    settings, db, blobs = env
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 2)) * [1.0, 1000.0]
+    y = rng.normal(size=(100, 2)) * [1.0, 1000.0] + [1.0, 0.0]
+    sx, sy = add_dataset(db, blobs, x), add_dataset(db, blobs, y)
+    plain = add_estimate(db, sx, sy, method="lipschitz")
+    run_job(plain, settings)
+    r = get_row(db, plain).result
+    assert r["scale"] == {"mode": "none", "factors": None}
+    assert any("differ by" in n and "standardize" in n for n in r["notes"])
+    est = add_estimate(db, sx, sy, method="lipschitz", scale="standardize")
+    run_job(est, settings)
+    row = get_row(db, est)
+    assert row.status == "succeeded", row.error
+    r = row.result
+    factors = np.array(r["scale"]["factors"])
+    assert r["scale"]["mode"] == "standardize" and factors[1] > 500 * factors[0]
+    assert not any("differ by" in n for n in r["notes"])
+    # The saved potential takes raw points: its centred values match the scaled data's.
+    f = lipcore.load_potential(blobs.potential_path(est))
+    raw = lipcore.evaluate(f, x, chunk=64)
+    center = r["potential_center"]
+    assert abs(float(np.mean(raw)) - center) < 5 * float(np.std(raw)) + 1.0
+    g = (raw - center) / r["lipschitz_constant"]
+    assert np.isfinite(g).all() and float(np.ptp(g)) < 20  # scaled units: ~ a few, not ~ 1000s
