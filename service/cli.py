@@ -280,9 +280,11 @@ def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str
     rows.append(("device", _g(result.get("device"))))
     rows.append(("seconds", _g(result.get("seconds"), 3)))
     width = max(len(k) for k, _ in rows)
+    answer = sum(k in ("distance", "test") for k, _ in rows)  # the first rows: by how much
     lines = [headline(result)]
-    lines += _feature_lines(result.get("features") or [])
-    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows[:answer]]
+    lines += _feature_lines(result.get("features") or [])  # where
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows[answer:]]
     lines += [f"note: {n}" for n in result.get("notes") or []]
     return "\n".join(lines)
 
