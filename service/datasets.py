@@ -76,45 +76,56 @@ def ingest_and_store(
             ds = ingest.ingest(body, fmt, limits(settings), out, digest, options)
         except ingest.IngestError as e:
             raise problem(e) from None
-        existing = rows.by_sha(db, ds.sha256)
-        if existing is not None:
-            if not blobs.has_dataset(ds.sha256):  # repair a blob lost outside the service
-                blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
-            return existing, False
-        blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
-        row = DatasetRow(
-            id="ds_" + secrets.token_hex(12),
-            name=name,
-            n=ds.n,
-            d=ds.d,
-            dtype=ds.dtype,
-            weighted=ds.weights is not None,
-            sha256=ds.sha256,
-            bytes=ds.bytes,
-            columns=ds.columns,
-        )
-        return rows.insert_once(db, row)
+        # Under the content lock, so that a delete of the same content cannot remove the files
+        # between the look-up and the insert (nor this upload re-create them under a deletion).
+        with db.content_lock(ds.sha256):
+            existing = rows.by_sha(db, ds.sha256)
+            if existing is not None:
+                if not blobs.has_dataset(ds.sha256):  # repair a blob lost outside the service
+                    blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
+                return existing, False
+            blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
+            row = DatasetRow(
+                id="ds_" + secrets.token_hex(12),
+                name=name,
+                n=ds.n,
+                d=ds.d,
+                dtype=ds.dtype,
+                weighted=ds.weights is not None,
+                sha256=ds.sha256,
+                bytes=ds.bytes,
+                columns=ds.columns,
+            )
+            return rows.insert_once(db, row)
 
 
 def delete(db: Database, blobs: BlobStore, dataset_id: str) -> None:
     """Delete a dataset and its files; 404 if unknown, 409 while an estimate refers to it."""
-    done = rows.delete_unused(db, dataset_id)
-    if done.raced:
-        raise ProblemError("dataset-in-use", f"dataset {dataset_id} was just taken by an estimate")
-    if done.active:
-        raise ProblemError(
-            "dataset-in-use",
-            f"dataset {dataset_id} is used by {len(done.active)} queued or running "
-            f"estimate(s): {', '.join(done.active[:10])}; cancel them or wait",
-        )
-    if done.finished:
-        raise ProblemError(
-            "dataset-in-use",
-            f"dataset {dataset_id} is referred to by {len(done.finished)} finished estimate(s): "
-            f"{', '.join(done.finished[:10])}; delete them first",
-        )
-    if done.sha256 is None:
+    known = rows.get(db, dataset_id)
+    if known is None:
         raise ProblemError("dataset-not-found", f"no dataset with id {dataset_id!r}")
-    if rows.by_sha(db, done.sha256) is None:  # sha256 is unique: no other row points at them
-        blobs.delete_dataset(done.sha256)
+    with db.content_lock(known.sha256):  # the same lock as an upload of the same content
+        done = rows.delete_unused(db, dataset_id)
+        if done.raced:
+            raise ProblemError(
+                "dataset-in-use", f"dataset {dataset_id} was just taken by an estimate"
+            )
+        if done.active:
+            raise ProblemError(
+                "dataset-in-use",
+                f"dataset {dataset_id} is used by {len(done.active)} queued or running "
+                f"estimate(s): {', '.join(done.active[:10])}; cancel them or wait",
+            )
+        if done.finished:
+            raise ProblemError(
+                "dataset-in-use",
+                f"dataset {dataset_id} is referred to by {len(done.finished)} finished "
+                f"estimate(s): {', '.join(done.finished[:10])}; delete them first",
+            )
+        if done.sha256 is None:
+            raise ProblemError("dataset-not-found", f"no dataset with id {dataset_id!r}")
+        # The lock keeps out an upload of the same content until the files are gone: it then
+        # finds no row and stores them afresh (sha256 is unique: no other row points at them).
+        if rows.by_sha(db, done.sha256) is None:
+            blobs.delete_dataset(done.sha256)
     log.info("dataset deleted", extra={"dataset_id": dataset_id})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6C697077  # "lipw": the advisory lock key that serialises migrations
+CONTENT_LOCKS = 0x6C697063  # "lipc": the advisory lock namespace of content_lock (two-key form)
+_STRIPES = 64
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -46,6 +49,7 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         #: A local file (SQLite): reads are short enough to run on the event loop.
         self.local = self.engine.dialect.name == "sqlite"
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -57,6 +61,31 @@ class Database:
             except BaseException:
                 s.rollback()
                 raise
+
+    @contextmanager
+    def content_lock(self, sha256: str) -> Iterator[None]:
+        """Hold the lock of one content hash: who stores or deletes its row and files.
+
+        In this process a lock striped by the hash (a collision only serialises two short
+        sections); on PostgreSQL also a session advisory lock keyed by the hash, so that API
+        replicas sharing the database and the blob volume serialise as well. SQLite means one
+        API process (the embedded mode), so the process lock is all there is to take.
+        """
+        key = int(sha256[:16], 16)
+        with self._stripes[key % _STRIPES]:
+            if self.engine.dialect.name != "postgresql":
+                yield
+                return
+            k = (key & 0x7FFFFFFF) - (key & 0x80000000)  # a signed int4
+            args = {"ns": CONTENT_LOCKS, "k": k}
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:ns, :k)"), args)
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:ns, :k)"), args)
+                    conn.commit()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision.
