@@ -34,6 +34,14 @@ from service.problems import lookup
 CHUNK_BYTES = 8 * 1024 * 1024
 #: numpy's own loader refuses longer headers without extra arguments; longer ones are rewritten.
 NUMPY_HEADER_LIMIT = 10_000
+#: The largest |value| accepted in samples: the squared distance of two points, at most
+#: d·(2·MAX_ABS)² = d·4e300, stays finite in float64 for any d up to 4·10⁷ (beyond, the
+#: estimators overflow: "Problem unbounded", a division by zero).
+MAX_ABS = 1e150
+_BOUND = np.float64(MAX_ABS)  # a float64 scalar: float32 data compares in float64 (NEP 50)
+BOUND_REASON = (
+    "|value| must be at most 1e150, so that squared distances (d·(2·1e150)²) stay finite in float64"
+)
 
 
 class IngestError(ValueError):
@@ -345,20 +353,23 @@ def normalise_weights(weights: np.ndarray, n: int) -> np.ndarray:
 
 
 def _first_non_finite(chunk: np.ndarray, row0: int, columns: list[str]) -> str:
-    bad = np.argwhere(~np.isfinite(chunk))[0]
+    """Where the first value that is not finite or beyond ±MAX_ABS is, and why it is refused."""
+    with np.errstate(invalid="ignore"):
+        bad = np.argwhere(~(np.abs(chunk) <= _BOUND))[0]
     value = chunk[bad[0], bad[1]]
     j = int(bad[1])
-    return f"non-finite value {value} at row {row0 + int(bad[0])}, column {j} ({columns[j]!r})"
+    where = f"at row {row0 + int(bad[0])}, column {j} ({columns[j]!r})"
+    if np.isfinite(value):
+        return f"value {value} {where} is too large: {BOUND_REASON}"
+    return f"non-finite value {value} {where}"
 
 
 def all_finite(chunk: np.ndarray) -> bool:
-    """Whether every value of a float array is finite, at about the cost of one sum."""
-    # A finite sum proves every term finite (inf and nan propagate); only when the sum is not
-    # finite (a non-finite value, or an overflow of large finite ones) is the exact check needed.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(chunk, axis=None)):
-            return True
-    return bool(np.isfinite(chunk).all())
+    """Whether every value of a float array is finite and within ±MAX_ABS (two reductions)."""
+    if chunk.size == 0:
+        return True
+    # min and max propagate nan; a comparison with nan is False.
+    return bool(chunk.min() >= -_BOUND) and bool(chunk.max() <= _BOUND)
 
 
 class _HashWriter:
@@ -445,7 +456,9 @@ def canonicalize(parsed: Parsed, limits: Limits, out: Path, digest: Any = None) 
                 if c.ndim != 2 or c.shape[1] != d:
                     raise invalid(f"inconsistent row length near row {seen}: expected {d} columns")
                 if not all_finite(c):
-                    raise invalid("samples must be finite: " + _first_non_finite(c, seen, columns))
+                    raise invalid(
+                        "samples must be finite and bounded: " + _first_non_finite(c, seen, columns)
+                    )
                 sink.put(np.ascontiguousarray(c))
                 seen += c.shape[0]
     if seen != n:

@@ -35,7 +35,7 @@ from service.ingest.base import (
 )
 
 MAGIC = b"\x93NUMPY"
-_FLOAT_DESCR = re.compile(r"^[<>=|]?f[248]$")
+_FLOAT_DESCR = re.compile(r"[<>=|]?f[248]")  # fullmatch: "$" would let "<f4\n" pass
 
 
 def read_header(f, limits: Limits) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -74,10 +74,10 @@ def read_header(f, limits: Limits) -> tuple[np.dtype, tuple[int, ...], int]:
     descr, fortran, shape = meta["descr"], meta["fortran_order"], meta["shape"]
     if not isinstance(descr, str):
         raise invalid("structured .npy dtypes are not accepted: send a plain float array")
-    if not _FLOAT_DESCR.match(descr):
+    if not _FLOAT_DESCR.fullmatch(descr):
         try:
             name = np.dtype(descr).name
-        except (TypeError, ValueError):
+        except Exception:  # noqa: BLE001 - any descr numpy cannot read is just unknown
             name = "unknown"
         hint = " (object arrays would need unpickling, which is never done)" if "O" in descr else ""
         raise invalid(
@@ -266,7 +266,7 @@ class NpyDigest:
             view = view[need:]
             if len(self._carry) == itemsize:
                 one = np.frombuffer(self._carry, dtype=self.key[0])  # type: ignore[index]
-                self.finite = bool(np.isfinite(one).all())
+                self.finite = all_finite(one)
                 self._carry = b""
         cut = len(view) - len(view) % itemsize
         if cut:

@@ -15,6 +15,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from service.ingest.base import MAX_ABS
 from service.settings import Settings
 from service.store import EstimateRow
 
@@ -493,7 +494,9 @@ def test_list_filters_by_name_and_hash(api: TestClient) -> None:
     a=hnp.arrays(
         np.float64,
         st.tuples(st.integers(1, 8), st.integers(1, 3)),
-        elements=st.floats(allow_nan=False, allow_infinity=False, width=64),
+        elements=st.floats(
+            allow_nan=False, allow_infinity=False, width=64, min_value=-MAX_ABS, max_value=MAX_ABS
+        ),
     ),
     fmt=st.sampled_from(["npy", "arrow", "csv", "json"]),
 )

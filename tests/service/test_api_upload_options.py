@@ -19,6 +19,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from service.ingest import canonical_sha256
+from service.ingest.base import MAX_ABS
 from service.store import Database
 from service.store.db import MIGRATIONS
 
@@ -147,7 +148,9 @@ NAME = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
 def tables(draw: st.DrawFn) -> tuple[list[str] | None, np.ndarray]:
     d = draw(st.integers(1, 4))
     n = draw(st.integers(1, 8))
-    floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
+    floats = st.floats(
+        allow_nan=False, allow_infinity=False, width=64, min_value=-MAX_ABS, max_value=MAX_ABS
+    )
     rows = draw(st.lists(st.lists(floats, min_size=d, max_size=d), min_size=n, max_size=n))
     named = draw(st.booleans())
     names = draw(st.lists(NAME, min_size=d, max_size=d, unique=True)) if named else None

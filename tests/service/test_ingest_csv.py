@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ingestfixtures import ingest_body, refusal
 
 from service import ingest
+from service.ingest.base import MAX_ABS
 
 LIMITS = ingest.Limits(max_n=1000, max_d=8)
 CSV = ingest.format_for("text/csv; charset=utf-8")
@@ -180,7 +181,9 @@ def _is_float(s: str) -> bool:
 NAME = st.text(
     alphabet=st.characters(categories=["L", "N"], include_characters="_-."), min_size=1, max_size=8
 ).filter(lambda s: s[0].isalpha() and not _is_float(s))
-VALUE = st.floats(allow_nan=False, allow_infinity=False, width=64)
+VALUE = st.floats(
+    allow_nan=False, allow_infinity=False, width=64, min_value=-MAX_ABS, max_value=MAX_ABS
+)
 
 
 @st.composite

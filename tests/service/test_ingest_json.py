@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from ingestfixtures import ingest_body, refusal
 
 from service import ingest
+from service.ingest.base import MAX_ABS
 
 LIMITS = ingest.Limits(max_n=1000, max_d=8)
 JSON = ingest.format_for("application/json")
@@ -34,7 +35,9 @@ FIXTURE_OK = [HealthCheck.function_scoped_fixture]
     a=hnp.arrays(
         np.float64,
         st.tuples(st.integers(1, 12), st.integers(1, 4)),
-        elements=st.floats(allow_nan=False, allow_infinity=False),
+        elements=st.floats(
+            allow_nan=False, allow_infinity=False, min_value=-MAX_ABS, max_value=MAX_ABS
+        ),
     ),
     weighted=st.booleans(),
 )
