@@ -15,10 +15,13 @@ import anyio
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from service import datasets as dataset_service
 from service import estimates as service
 from service.api import errors, links
 from service.api.deps import BlobsDep, DbDep, ExecutorDep, SettingsDep
@@ -32,8 +35,10 @@ from service.api.estimate_models import (
     Status,
 )
 from service.api.pages import PageQuery
+from service.blobs import BlobStore
 from service.potentials import PotentialCache, evaluate
 from service.problems import ProblemError, invalid_field
+from service.settings import Settings
 from service.store import EstimateRow
 from service.store import estimates as rows
 
@@ -281,19 +286,96 @@ def download_potential(row: ExistingRow, blobs: BlobsDep, settings: SettingsDep)
     )
 
 
+def evaluate_bound(max_points: int, d: int) -> int:
+    """The most bytes an /evaluate body for dimension d may take: ``max_points`` points of d
+    numbers at 48 bytes each (a float64's repr is at most 24 characters; the rest is room for
+    separators and indentation), plus 4 KiB for the rest of the document."""
+    return max_points * (48 * d + 8) + 4096
+
+
+def evaluate_dims(row: ExistingRow, db: DbDep) -> int:
+    """The dimension d of the estimate's datasets (before the body is read)."""
+    return dataset_service.get(db, row.source_id).d
+
+
+async def read_evaluate_body(request: Request, settings: SettingsDep, d: int) -> EvaluateRequest:
+    """The /evaluate body, refused with a 413 before it is parsed (or even read) when it is
+    longer than max_evaluate_points points of d numbers can be: Content-Length first, then a
+    count while it arrives; only then is it parsed."""
+    bound = evaluate_bound(settings.max_evaluate_points, d)
+
+    def too_large(size: str) -> ProblemError:
+        return ProblemError(
+            "body-too-large",
+            f"the body is {size} bytes; {settings.max_evaluate_points} points "
+            f"(max_evaluate_points) of d = {d} numbers take at most {bound} bytes",
+        )
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > bound:
+        raise too_large(declared)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > bound:
+            raise too_large(f"more than {bound}")
+    # Each point opens one bracket (so does the list of them): more brackets than the limit
+    # allows is refused before anything is parsed (no valid body has a bracket in a string).
+    if raw.count(b"[") - 1 > settings.max_evaluate_points:
+        raise invalid_field(
+            "points",
+            f"more than this server's limit of {settings.max_evaluate_points} points per call",
+        )
+    try:
+        return EvaluateRequest.model_validate_json(bytes(raw))
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
+
+
+_EVALUATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": EvaluateRequest.model_json_schema(),  # no nested models: inline
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/{estimate_id}/evaluate",
     response_model=EvaluateResponse,
     response_model_exclude_none=True,
     summary="Evaluate the centred potential g = (f - c) / L (and its gradient)",
+    description=(
+        "At most max_evaluate_points points of the datasets' dimension d. A body longer than "
+        "such points can be (48 bytes per number) is refused with 413 before it is parsed."
+    ),
     responses=errors.responses(400, 404, 409, 413, 422),
+    openapi_extra=_EVALUATE_BODY,
 )
-def evaluate_potential(
+async def evaluate_potential(
+    request: Request,
     row: ExistingRow,
-    body: EvaluateRequest,
+    d: Annotated[int, Depends(evaluate_dims)],
     blobs: BlobsDep,
     settings: SettingsDep,
     cache: PotentialCacheDep,
+) -> EvaluateResponse:
+    body = await read_evaluate_body(request, settings, d)
+    return await run_in_threadpool(_evaluate, row, body, blobs, settings, cache)
+
+
+def _evaluate(
+    row: EstimateRow,
+    body: EvaluateRequest,
+    blobs: BlobStore,
+    settings: Settings,
+    cache: PotentialCache,
 ) -> EvaluateResponse:
     k = len(body.points)
     if k > settings.max_evaluate_points:
