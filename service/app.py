@@ -29,7 +29,10 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     if settings.migrate_on_start:
         db.migrate()
     blobs = BlobStore(settings.data_dir / "blobs")
-    blobs.sweep_tmp(settings.blob_tmp_max_age_s)  # uploads cut short by a crash
+    # Temporary files whose writer is gone (uploads cut short by a crash): in the embedded mode
+    # all but those of running processes of this host; with replicas sharing the volume, also
+    # other hosts' files only past the grace.
+    blobs.sweep_tmp(settings.blob_tmp_max_age_s, only_writer=settings.is_embedded)
     executor = executor or make_executor(settings, db, blobs)
 
     @asynccontextmanager

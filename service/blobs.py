@@ -7,7 +7,9 @@ renamed into place, which POSIX makes atomic on one file system (a shared volume
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,6 +18,23 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+
+def _host() -> str:
+    """This machine's name as a file-name part (no dots: the name's fields are split on them)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or a pid we cannot ask about): leave it be
+    return True
 
 
 class BlobStore:
@@ -47,8 +66,11 @@ class BlobStore:
     # -- writes --------------------------------------------------------------------------------
     @contextmanager
     def temp_path(self, suffix: str = "") -> Iterator[Path]:
-        """A temporary file on the blob volume (so a later rename is atomic); removed on exit."""
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
+        """A temporary file on the blob volume (so a later rename is atomic); removed on exit.
+
+        Named ``<host>.<pid>.<random><suffix>``: the start-up sweep knows whose it is.
+        """
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=f"{_host()}.{os.getpid()}.", suffix=suffix)
         os.close(fd)
         path = Path(name)
         try:
@@ -109,17 +131,29 @@ class BlobStore:
     def delete_potential(self, estimate_id: str) -> None:
         self.potential_path(estimate_id).unlink(missing_ok=True)
 
-    def sweep_tmp(self, max_age_s: float) -> int:
-        """Remove temporary files untouched for ``max_age_s`` (left by a crash); returns the count.
+    def sweep_tmp(self, max_age_s: float, *, only_writer: bool = False) -> int:
+        """Remove temporary files whose writer is gone (left by a crash); returns the count.
 
-        Uploads in progress keep writing to theirs, so an age threshold keeps other processes'
-        live files (API replicas share the volume) safe.
+        A file is kept while its writer may still be at it: named by this host and a process
+        that is running (its pid, checked with signal 0), or by another host and touched within
+        ``max_age_s`` (API replicas sharing the volume: their pids are not ours to check). With
+        ``only_writer`` (the embedded mode: this process is the only API, and at start-up no
+        upload is in flight) only the first test applies: every other file goes at once.
         """
         cutoff = time.time() - max_age_s
+        host = _host()
         removed = 0
         for path in self.tmp.iterdir():
+            parts = path.name.split(".")
+            mine = len(parts) > 2 and parts[0] == host and parts[1].isdigit()
             try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
+                if not path.is_file():
+                    continue
+                if mine:
+                    stale = not _pid_alive(int(parts[1]))
+                else:
+                    stale = only_writer or path.stat().st_mtime < cutoff
+                if stale:
                     path.unlink()
                     removed += 1
             except FileNotFoundError:

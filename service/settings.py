@@ -145,7 +145,12 @@ class Settings(BaseSettings):
         1000, ge=1, le=100_000, description="Most items one list page may ask for."
     )
     blob_tmp_max_age_s: float = Field(
-        6 * 3600.0, gt=0, description="Temporary blob files older than this are swept at start."
+        6 * 3600.0,
+        gt=0,
+        description=(
+            "Distributed mode: other hosts' temporary blob files older than this are swept at "
+            "start (this host's go once their process is gone; embedded: all but running ones)."
+        ),
     )
 
     log_level: str = "INFO"
