@@ -332,6 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.guard import Guard
 
     settings = _settings(args)
     app = create_app(settings)
@@ -341,11 +342,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    guard = Guard(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections,
+        max_client_connections=settings.max_client_connections,
+    )
+    app.state.guard = guard
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        http=guard.protocol(),
         timeout_graceful_shutdown=5,
     )
     return EXIT_OK

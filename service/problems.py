@@ -36,6 +36,14 @@ _ALL = (
     ProblemType("validation", 422, "Invalid request"),
     ProblemType("internal", 500, "Internal error"),
     ProblemType("not-ready", 503, "Not ready"),
+    ProblemType("request-timeout", 408, "Request timeout"),
+    ProblemType("too-many-connections", 503, "Too many connections"),
+    ProblemType("too-many-uploads", 503, "Too many uploads at once"),
+    # -- access --------------------------------------------------------------------------------
+    ProblemType("unauthorized", 401, "Missing or invalid API key"),
+    ProblemType("forbidden", 403, "The API key lacks a scope"),
+    ProblemType("quota-exceeded", 429, "Quota exceeded"),
+    ProblemType("job-too-large", 422, "The job would need too much memory"),
     # -- datasets ------------------------------------------------------------------------------
     ProblemType("invalid-upload", 422, "Invalid upload"),
     ProblemType("upload-too-large", 413, "Upload too large"),

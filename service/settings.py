@@ -35,7 +35,26 @@ class Settings(BaseSettings):
     max_d: int = Field(4096, ge=1, description="Most dimensions in one dataset.")
     max_json_bytes: int = Field(64 * 1024**2, ge=1, description="Largest JSON or CSV upload.")
     max_request_bytes: int = Field(
-        64 * 1024**2, ge=1, description="Largest body of any other request (JSON)."
+        1024**2,
+        ge=1,
+        description="Largest body of any other request (JSON); GET, HEAD, DELETE take none.",
+    )
+
+    # Connections (service/guard.py; `lipwass serve`).
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's line and headers must arrive within this."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body may pause this long between bytes; else 408."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections of one server process; one more gets 503."
+    )
+    max_client_connections: int = Field(
+        100, ge=1, description="Open connections from one client address; one more gets 503."
+    )
+    max_concurrent_uploads: int = Field(
+        16, ge=1, description="Uploads received at once by one process; one more gets 503."
     )
 
     # Job limits.

@@ -14,11 +14,13 @@ and delimiter are query options; column names are kept and part of the dataset's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -297,52 +299,72 @@ async def create_dataset(
         raise service.problem(e) from None
     limit = _body_limit(request, fmt, settings)
     limits = service.limits(settings)
-    t0 = time.perf_counter()
-    try:
-        with blobs.temp_path(f".{fmt.name}") as body:
-            try:
-                digest = fmt.name == "npy" and not options.selects  # a pick rewrites the file
-                async with UploadSink(body, limits, digest=digest) as sink:
-                    total = await _receive(request, sink, limit, fmt)
-                if total == 0:
-                    raise service.problem(ingest.invalid("the body is empty"))
-                t1 = time.perf_counter()
-                row, created = await run_in_threadpool(
-                    service.ingest_and_store,
-                    body,
-                    fmt,
-                    settings,
-                    db,
-                    blobs,
-                    name,
-                    sink.digest,
-                    options,
-                )
-            finally:
-                _discard_later(body)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        log.error("dataset upload: the blob volume is full (%s)", e)
+    with upload_slot(request, settings):
+        t0 = time.perf_counter()
+        try:
+            with blobs.temp_path(f".{fmt.name}") as body:
+                try:
+                    digest = fmt.name == "npy" and not options.selects  # a pick rewrites the file
+                    async with UploadSink(body, limits, digest=digest) as sink:
+                        total = await _receive(request, sink, limit, fmt)
+                    if total == 0:
+                        raise service.problem(ingest.invalid("the body is empty"))
+                    t1 = time.perf_counter()
+                    row, created = await run_in_threadpool(
+                        service.ingest_and_store,
+                        body,
+                        fmt,
+                        settings,
+                        db,
+                        blobs,
+                        name,
+                        sink.digest,
+                        options,
+                    )
+                finally:
+                    _discard_later(body)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.error("dataset upload: the blob volume is full (%s)", e)
+            raise ProblemError(
+                "insufficient-storage",
+                "the server's dataset storage is full; try again later or delete datasets",
+            ) from None
+        t2 = time.perf_counter()
+        log.info(
+            "dataset upload %s: %d bytes of %s, received in %.3f s, validated and stored in %.3f s",
+            "created" if created else "known",
+            total,
+            fmt.name,
+            t1 - t0,
+            t2 - t1,
+            extra={"dataset_id": row.id, "seconds": round(t2 - t0, 4)},
+        )
+        if created:
+            response.headers["Location"] = f"/v1/datasets/{row.id}"
+        else:
+            response.status_code = 200
+        return to_model(row)
+
+
+@contextlib.contextmanager
+def upload_slot(request: Request, settings: Settings) -> Iterator[None]:
+    """One of ``max_concurrent_uploads`` slots of this process (each upload holds a thread and
+    a temporary file); none free: 503 with Retry-After."""
+    state = request.app.state
+    busy = getattr(state, "uploads_in_flight", 0)
+    if busy >= settings.max_concurrent_uploads:
         raise ProblemError(
-            "insufficient-storage",
-            "the server's dataset storage is full; try again later or delete datasets",
-        ) from None
-    t2 = time.perf_counter()
-    log.info(
-        "dataset upload %s: %d bytes of %s, received in %.3f s, validated and stored in %.3f s",
-        "created" if created else "known",
-        total,
-        fmt.name,
-        t1 - t0,
-        t2 - t1,
-        extra={"dataset_id": row.id, "seconds": round(t2 - t0, 4)},
-    )
-    if created:
-        response.headers["Location"] = f"/v1/datasets/{row.id}"
-    else:
-        response.status_code = 200
-    return to_model(row)
+            "too-many-uploads",
+            f"{busy} uploads are being received (max_concurrent_uploads); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    state.uploads_in_flight = busy + 1
+    try:
+        yield
+    finally:
+        state.uploads_in_flight -= 1
 
 
 @router.get(

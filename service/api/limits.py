@@ -1,8 +1,10 @@
 """A body-size cap for JSON requests, applied before FastAPI parses them.
 
-Uploads (``POST /v1/datasets``) stream and enforce their own limits; every other request body is
-read whole by FastAPI, so it is capped here: at once when Content-Length says too much, and while
-it arrives otherwise (chunked bodies: read into memory up to the cap, then replayed).
+Uploads (``POST /v1/datasets``) and ``/evaluate`` stream and bound their own bodies; a method
+that takes no body (GET, HEAD, DELETE, OPTIONS) may send none; every other request body is read
+whole by FastAPI, so it is capped here: at once when Content-Length says too much, and while it
+arrives otherwise (chunked bodies: read into memory up to the cap, then replayed). A stalled
+body is cut by the connection guard's body timeout (service/guard.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import problem_of, problem_response
 
 UPLOAD_PATH = "/v1/datasets"
+BODILESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+def _self_bounded(method: str, path: str) -> bool:
+    """Routes that read and bound their own bodies as they arrive."""
+    path = path.rstrip("/")
+    if method != "POST":
+        return False
+    return path == UPLOAD_PATH or (path.startswith("/v1/estimates/") and path.endswith("/evaluate"))
 
 
 class BodyLimitMiddleware:
@@ -22,12 +33,13 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/") == UPLOAD_PATH:
+        if scope["type"] != "http" or _self_bounded(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
+        limit = 0 if scope["method"] in BODILESS else self.limit
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._reject(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._reject(scope, receive, send, limit)
                 return
         # Read the body first (FastAPI reads it whole anyway), then replay it to the app.
         buffered: list[Message] = []
@@ -38,8 +50,8 @@ class BodyLimitMiddleware:
             if message["type"] != "http.request":
                 break
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                await self._reject(scope, receive, send)
+            if seen > limit:
+                await self._reject(scope, receive, send, limit)
                 return
             if not message.get("more_body", False):
                 break
@@ -49,11 +61,11 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            problem_of(
-                "body-too-large",
-                f"request bodies are limited to {self.limit} bytes (max_request_bytes)",
-            )
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        detail = (
+            f"{scope['method']} takes no request body"
+            if limit == 0
+            else f"request bodies are limited to {limit} bytes (max_request_bytes)"
         )
+        response = problem_response(problem_of("body-too-large", detail))
         await response(scope, receive, send)
