@@ -10,11 +10,13 @@ from fastapi import FastAPI
 from service.api import datasets, errors, estimates, ops, reports
 from service.api.limits import BodyLimitMiddleware
 from service.api.pages import declare_page_limit
+from service.auth import Authenticator, parse_env_keys
 from service.blobs import BlobStore
 from service.executors import make_executor
 from service.executors.base import Executor
 from service.logs import setup_logging
 from service.metrics import Metrics, MetricsMiddleware
+from service.quotas import UploadRate
 from service.settings import Settings
 from service.store import Database
 from service.web import install as install_web
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.auth = Authenticator(db, parse_env_keys(settings.api_keys), settings.auth_cache_s)
+    app.state.upload_rate = UploadRate(settings.max_uploads_per_minute)
     app.state.blobs = blobs
     app.state.executor = executor
     app.state.metrics = Metrics(db)

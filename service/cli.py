@@ -1,12 +1,13 @@
 """`lipwass`: serve the API, estimate or solve exactly from files, migrate, run a worker.
 
-    lipwass serve [--host 127.0.0.1] [--port 8000] [--data-dir ./lipwass-data]
+    lipwass serve [--host 127.0.0.1] [--port 8000] [--data-dir ./lipwass-data] [--insecure]
     lipwass estimate X Y [--server URL] [--method auto|lipschitz|exact] [--steps N] [--json]
                          [--weights COL] [--columns A,B] [--exclude C] [--header auto|true|false]
                          [--delimiter D]
     lipwass exact X Y [--json] [the same column flags]
     lipwass migrate
     lipwass worker [--gpu N] [--check]
+    lipwass keys create --tenant T [--scopes read,write,admin] | keys list | keys revoke ID
 
 X and Y are files in any upload format (.npy, .csv, .tsv, .json, .arrow, .parquet), read with
 the same column and weight flags as an upload (nothing implicit). Without ``--server`` (or
@@ -17,6 +18,7 @@ cross-check when the inputs are small, with the same result fields as the servic
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
@@ -336,6 +338,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     app = create_app(settings)
+    if not _loopback(args.host) and not app.state.auth.enabled:
+        if not args.insecure:
+            print(
+                f"lipwass: refusing to serve on {args.host} without API keys: anyone who reaches "
+                "the port could read, delete and cancel everything. Create a key first "
+                "(`lipwass keys create --tenant NAME`), or set LIPWASS_API_KEYS; "
+                "--insecure serves without keys anyway.",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        print(
+            f"lipwass: WARNING: serving on {args.host} with no API keys (--insecure)",
+            file=sys.stderr,
+        )
     print(
         f"lipwass: serving on http://{args.host}:{args.port} (data in {settings.data_dir}, "
         f"{'embedded' if settings.is_embedded else 'distributed'})",
@@ -358,6 +374,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return EXIT_OK
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create, list or revoke API keys (in the service's database; the secret shown once)."""
+    from service import auth
+    from service.store import Database
+    from service.store import keys as key_rows
+
+    settings = _settings(args)
+    db = Database(settings.resolved_database_url)
+    try:
+        if settings.migrate_on_start:
+            db.migrate()
+        if args.keys_command == "create":
+            tenant = auth.check_tenant(args.tenant)
+            scopes = auth.parse_scopes(args.scopes)
+            row, key = key_rows.create(db, tenant, scopes, args.name)
+            print(key)
+            print(
+                f"lipwass: key {row.id} for tenant {tenant!r} ({', '.join(scopes)}): the line "
+                "above is its secret, shown this once; send it as 'Authorization: Bearer <key>'",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            rows = key_rows.all_keys(db)
+            if args.json:
+                print(json.dumps([_key_json(r) for r in rows], indent=2))
+            else:
+                print(f"{'id':18} {'tenant':16} {'scopes':18} {'created':20} status   name")
+                for r in rows:
+                    status = "revoked" if r.revoked_at else "active"
+                    print(
+                        f"{r.id:18} {r.tenant:16} {r.scopes:18} "
+                        f"{r.created_at:%Y-%m-%d %H:%M:%S}  {status:8} {r.name or ''}"
+                    )
+        else:
+            if not key_rows.revoke(db, args.id):
+                print(f"lipwass: error: no active key {args.id!r}", file=sys.stderr)
+                return EXIT_FAILED
+            print(
+                f"lipwass: key {args.id} revoked (API processes stop accepting it within "
+                f"{settings.auth_cache_s:g} s)",
+                file=sys.stderr,
+            )
+    finally:
+        db.dispose()
+    return EXIT_OK
+
+
+def _key_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "tenant": row.tenant,
+        "scopes": row.scopes.split(","),
+        "name": row.name,
+        "created_at": row.created_at.isoformat(),
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -529,7 +613,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--data-dir", help="data folder (default: LIPWASS_DATA_DIR or ./lipwass-data)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback address with no API keys (anyone reaching it can do all)",
+    )
     s.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="create, list or revoke API keys (tenants and scopes)")
+    k.add_argument("--data-dir")
+    ks = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kc = ks.add_parser("create", help="a new key; its secret is printed once")
+    kc.add_argument("--tenant", default="default", help="whose objects the key sees")
+    kc.add_argument(
+        "--scopes", default="read,write", help="comma-separated: read, write, admin (read,write)"
+    )
+    kc.add_argument("--name", help="a label (who or what uses the key)")
+    kl = ks.add_parser("list", help="every key, active or revoked (never the secrets)")
+    kl.add_argument("--json", action="store_true")
+    kr = ks.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("id")
+    k.set_defaults(func=cmd_keys)
 
     e = sub.add_parser("estimate", help="estimate W1(X, Y) (in-process, or with --server)")
     e.add_argument(

@@ -208,12 +208,20 @@ class Client:
     """The lipwass API at ``url``. Use as a context manager, or call :meth:`close`."""
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8000", timeout: float = 30.0, http: Any = None
+        self,
+        url: str = "http://127.0.0.1:8000",
+        timeout: float = 30.0,
+        http: Any = None,
+        api_key: str | None = None,
     ) -> None:
-        """``http`` replaces the httpx.Client (e.g. a Starlette TestClient in tests)."""
+        """``api_key`` (default: ``LIPWASS_API_KEY``) is sent as ``Authorization: Bearer``;
+        ``http`` replaces the httpx.Client (e.g. a Starlette TestClient in tests)."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.http: httpx.Client = http or httpx.Client(base_url=self.url, timeout=timeout)
+        key = api_key if api_key is not None else os.environ.get("LIPWASS_API_KEY")
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
 
     def __enter__(self) -> Client:
         return self

@@ -12,7 +12,7 @@ from service.blobs import BlobStore
 from service.ingest.npy import NpyDigest
 from service.problems import ProblemError
 from service.settings import Settings
-from service.store import Database, DatasetRow
+from service.store import DEFAULT_TENANT, Database, DatasetRow
 from service.store import datasets as rows
 
 log = logging.getLogger("lipwass.datasets")
@@ -28,10 +28,10 @@ def columns(row: DatasetRow) -> list[str]:
     return list(row.columns) if row.columns else ingest.default_columns(row.d)
 
 
-def get(db: Database, dataset_id: str) -> DatasetRow:
-    """The dataset row, or a 404 problem."""
+def get(db: Database, dataset_id: str, tenant: str) -> DatasetRow:
+    """The tenant's dataset row, or a 404 problem (another tenant's id is unknown here)."""
     row = rows.get(db, dataset_id)
-    if row is None:
+    if row is None or row.tenant != tenant:
         raise ProblemError("dataset-not-found", f"no dataset with id {dataset_id!r}")
     return row
 
@@ -66,11 +66,13 @@ def ingest_and_store(
     name: str | None,
     digest: NpyDigest | None = None,
     options: ingest.Options | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> tuple[DatasetRow, bool]:
     """Validate and canonicalise an uploaded file, store it unless known: (row, created).
 
-    Known means the same sha256: the same numbers, weights and column names (``options`` pick
-    the columns and the weights; see :mod:`service.ingest`)."""
+    Known means the same sha256 in the same tenant: the same numbers, weights and column names
+    (``options`` pick the columns and the weights; see :mod:`service.ingest`). Tenants share
+    the files of the same content, never the rows."""
     with blobs.temp_path(".npy") as out:
         try:
             ds = ingest.ingest(body, fmt, limits(settings), out, digest, options)
@@ -79,7 +81,7 @@ def ingest_and_store(
         # Under the content lock, so that a delete of the same content cannot remove the files
         # between the look-up and the insert (nor this upload re-create them under a deletion).
         with db.content_lock(ds.sha256):
-            existing = rows.by_sha(db, ds.sha256)
+            existing = rows.by_sha(db, ds.sha256, tenant)
             if existing is not None:
                 if not blobs.has_dataset(ds.sha256):  # repair a blob lost outside the service
                     blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
@@ -87,6 +89,7 @@ def ingest_and_store(
             blobs.put_dataset_file(ds.sha256, ds.samples_file, ds.weights)
             row = DatasetRow(
                 id="ds_" + secrets.token_hex(12),
+                tenant=tenant,
                 name=name,
                 n=ds.n,
                 d=ds.d,
@@ -99,11 +102,10 @@ def ingest_and_store(
             return rows.insert_once(db, row)
 
 
-def delete(db: Database, blobs: BlobStore, dataset_id: str) -> None:
-    """Delete a dataset and its files; 404 if unknown, 409 while an estimate refers to it."""
-    known = rows.get(db, dataset_id)
-    if known is None:
-        raise ProblemError("dataset-not-found", f"no dataset with id {dataset_id!r}")
+def delete(db: Database, blobs: BlobStore, dataset_id: str, tenant: str) -> None:
+    """Delete a dataset, and its files unless another tenant's row shares them; 404 if unknown,
+    409 while an estimate refers to it."""
+    known = get(db, dataset_id, tenant)
     with db.content_lock(known.sha256):  # the same lock as an upload of the same content
         done = rows.delete_unused(db, dataset_id)
         if done.raced:
@@ -125,7 +127,7 @@ def delete(db: Database, blobs: BlobStore, dataset_id: str) -> None:
         if done.sha256 is None:
             raise ProblemError("dataset-not-found", f"no dataset with id {dataset_id!r}")
         # The lock keeps out an upload of the same content until the files are gone: it then
-        # finds no row and stores them afresh (sha256 is unique: no other row points at them).
-        if rows.by_sha(db, done.sha256) is None:
+        # finds no row and stores them afresh. Another tenant's row of it keeps the files.
+        if not rows.content_used(db, done.sha256):
             blobs.delete_dataset(done.sha256)
     log.info("dataset deleted", extra={"dataset_id": dataset_id})

@@ -10,24 +10,25 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from service import policy
+from service import policy, quotas
 from service.api.estimate_models import EstimateRequest
 from service.blobs import BlobStore
 from service.executors.base import Executor
 from service.potentials import PotentialCache
 from service.problems import ProblemError, invalid_field
 from service.settings import Settings
-from service.store import Database, EstimateRow, JobStatus, jobs
+from service.store import DEFAULT_TENANT, Database, EstimateRow, JobStatus, jobs
 from service.store import datasets as dataset_rows
 from service.store import estimates as rows
 
 log = logging.getLogger("lipwass.estimates")
+KEY_SEP = "\x1f"
 
 
-def get(db: Database, estimate_id: str) -> EstimateRow:
-    """The job row, or a 404 problem."""
+def get(db: Database, estimate_id: str, tenant: str) -> EstimateRow:
+    """The tenant's job row, or a 404 problem (another tenant's id is unknown here)."""
     row = rows.get(db, estimate_id)
-    if row is None:
+    if row is None or row.tenant != tenant:
         raise not_found(estimate_id)
     return row
 
@@ -63,12 +64,13 @@ def request_hash(canonical_form: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def check_plan(req: EstimateRequest, db: Database, settings: Settings) -> policy.Plan:
-    """Both datasets exist and share d, and the policy accepts the request for their sizes."""
+def check_plan(req: EstimateRequest, db: Database, settings: Settings, tenant: str) -> policy.Plan:
+    """Both datasets are the tenant's and share d, the policy accepts the request for their
+    sizes, and its memory estimate is within max_job_memory_bytes."""
     src, tgt = dataset_rows.get(db, req.source), dataset_rows.get(db, req.target)
-    if src is None:
+    if src is None or src.tenant != tenant:
         raise invalid_field("source", f"no dataset with id {req.source!r}")
-    if tgt is None:
+    if tgt is None or tgt.tenant != tenant:
         raise invalid_field("target", f"no dataset with id {req.target!r}")
     if src.d != tgt.d:
         raise invalid_field(
@@ -83,7 +85,7 @@ def check_plan(req: EstimateRequest, db: Database, settings: Settings) -> policy
             'same order); upload them alike, or send "match_columns": "position"',
         )
     try:
-        return policy.plan(
+        chosen = policy.plan(
             method=req.method,
             crosscheck=req.crosscheck,
             n=src.n,
@@ -95,6 +97,15 @@ def check_plan(req: EstimateRequest, db: Database, settings: Settings) -> policy
         )
     except policy.PolicyError as exc:
         raise invalid_field(exc.field, exc.detail) from None
+    try:
+        policy.check_memory(chosen, src.n, tgt.n, src.d, settings.job_memory_limit)
+    except policy.PolicyError as exc:
+        raise ProblemError(
+            "job-too-large",
+            exc.detail,
+            errors=[{"loc": ["body", *exc.field.split(".")], "msg": exc.detail}],
+        ) from None
+    return chosen
 
 
 def _named(columns: list[str] | None) -> bool:
@@ -102,9 +113,14 @@ def _named(columns: list[str] | None) -> bool:
     return bool(columns) and columns != [f"x{j}" for j in range(len(columns or []))]
 
 
-def replay(db: Database, key: str, digest: str) -> EstimateRow | None:
-    """The job an earlier request with ``key`` created, or 409 if that request differed."""
-    row = rows.by_idempotency_key(db, key)
+def stored_key(tenant: str, key: str) -> str:
+    """An Idempotency-Key as stored: one tenant's key never meets another's."""
+    return f"{tenant}{KEY_SEP}{key}"
+
+
+def replay(db: Database, tenant: str, key: str, digest: str) -> EstimateRow | None:
+    """The job an earlier request of the tenant with ``key`` created, or 409 if it differed."""
+    row = rows.by_idempotency_key(db, stored_key(tenant, key))
     if row is not None and row.request_hash != digest:
         raise ProblemError(
             "idempotency-conflict",
@@ -119,19 +135,23 @@ def submit(
     settings: Settings,
     executor: Executor,
     idempotency_key: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> tuple[EstimateRow, bool]:
     """Create the job (or find the one the same Idempotency-Key created): (row, created).
 
-    A replay answers with the original job even if its datasets have been deleted since.
+    A replay answers with the original job even if its datasets have been deleted since. A
+    tenant with max_active_jobs queued or running gets 429.
     """
     form = canonical(req, settings)
     digest = request_hash(form)
-    row = replay(db, idempotency_key, digest) if idempotency_key else None
+    row = replay(db, tenant, idempotency_key, digest) if idempotency_key else None
     if row is not None:
         return rows.get(db, row.id) or row, False
-    check_plan(req, db, settings)
+    check_plan(req, db, settings, tenant)
+    quotas.check_active_jobs(db, settings, tenant)
     row = EstimateRow(
         id="est_" + secrets.token_hex(12),
+        tenant=tenant,
         status=JobStatus.queued.value,
         source_id=form["source"],
         target_id=form["target"],
@@ -143,15 +163,15 @@ def submit(
         seed=form["seed"],
         config=form["config"],
         request_hash=digest,
-        idempotency_key=idempotency_key,
+        idempotency_key=stored_key(tenant, idempotency_key) if idempotency_key else None,
         attempt=0,
         cancel_requested=False,
     )
     if not rows.insert(db, row):
         # Another request with the same key won the insert, or a dataset was just deleted.
-        won = replay(db, idempotency_key, digest) if idempotency_key else None
+        won = replay(db, tenant, idempotency_key, digest) if idempotency_key else None
         if won is None:
-            check_plan(req, db, settings)
+            check_plan(req, db, settings, tenant)
             raise RuntimeError(f"inserting estimate {row.id} failed for no known reason")
         return rows.get(db, won.id) or won, False
     log.info("estimate queued", extra={"job_id": row.id, "method": row.method})

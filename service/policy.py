@@ -306,3 +306,53 @@ def _noise_notes(out: dict[str, Any], fitted: Estimate | None) -> list[str]:
             "potential may under-fit (more steps or width may raise lower_bound)"
         )
     return notes
+
+
+#: What a job process holds before its data: the interpreter, torch, numpy, POT (measured:
+#: about 0.6 GB resident after a first estimate on a CPU).
+BASE_JOB_BYTES = 768 * 1024**2
+
+
+def job_memory(plan: Plan, n: int, m: int, d: int) -> dict[str, int]:
+    """An upper estimate of a job's host memory, by part (bytes), from its plan and data size.
+
+    data: both sets in float64 as loaded, in float32 for the network, and one scaled copy;
+    network: the weights in float32 times eight (gradients, two Adam moments, the averaged
+    copy, Björck's work arrays, the certified float64 copy); activations: one training batch of
+    both sets through every layer, forward and backward, and an evaluation chunk; exact: the
+    n·m float64 cost matrix and the plan, when the exact solver runs (d > 1).
+    """
+    c = plan.config
+    rows = n + m
+    params = d * c.width + (c.depth - 1) * c.width * c.width + c.width
+    parts = {
+        "base": BASE_JOB_BYTES,
+        "data": rows * d * (8 + 4 + 8),
+        "network": params * 4 * 8,
+        "activations": 4 * c.width * (c.depth + 1) * 4 * (2 * c.batch_size + c.eval_chunk),
+        "exact": 2 * 8 * n * m if plan.run_exact and d > 1 else 0,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def check_memory(plan: Plan, n: int, m: int, d: int, limit: int) -> dict[str, int]:
+    """The estimate of :func:`job_memory`, or a PolicyError naming the part to shrink."""
+    parts = job_memory(plan, n, m, d)
+    if parts["total"] <= limit:
+        return parts
+    big = max((k for k in parts if k not in ("total", "base")), key=parts.__getitem__)
+    knob = {
+        "data": ("target", "fewer samples or dimensions"),
+        "network": ("config.width", "a smaller config.width or config.depth"),
+        "activations": ("config.batch_size", "a smaller config.batch_size or eval_chunk"),
+        "exact": ("crosscheck", 'crosscheck "never" (the exact solve holds n·m costs)'),
+    }[big]
+    gib = 1024**3
+    raise PolicyError(
+        knob[0],
+        f"this job would need about {parts['total'] / gib:.1f} GiB of memory ({big}: "
+        f"{parts[big] / gib:.1f} GiB), over this server's limit of {limit / gib:.1f} GiB "
+        f"(max_job_memory_bytes); ask for {knob[1]}",
+        "job-too-large",
+    )

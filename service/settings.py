@@ -172,6 +172,34 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Access (service/auth.py) and quotas per tenant (service/quotas.py).
+    api_keys: str | None = Field(
+        None,
+        description="Keys given here, besides those of `lipwass keys create`: comma-separated "
+        "tenant:scopes:secret entries (scopes joined by +, the secret >= 32 characters).",
+    )
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="How long a key look-up is cached (a revocation's delay)."
+    )
+    metrics_public: bool = Field(
+        False, description="/metrics without a key even when keys exist (else: admin scope)."
+    )
+    max_active_jobs: int = Field(
+        20, ge=1, description="Queued + running estimates of one tenant; one more gets 429."
+    )
+    max_stored_bytes: int = Field(
+        100 * 1024**3, ge=1, description="Dataset bytes one tenant may keep; beyond: 429."
+    )
+    max_uploads_per_minute: int = Field(
+        120, ge=1, description="Uploads of one tenant in any 60 s; one more gets 429."
+    )
+    max_job_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="A job whose estimated memory exceeds this is refused (422), and a job "
+        "process that grows past it is stopped; default: half of this machine's memory.",
+    )
+
     log_level: str = "INFO"
 
     @cached_property
@@ -179,6 +207,13 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'lipwass.db').resolve()}"
+
+    @property
+    def job_memory_limit(self) -> int:
+        """max_job_memory_bytes, or half of the physical memory."""
+        if self.max_job_memory_bytes is not None:
+            return self.max_job_memory_bytes
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
     @property
     def is_embedded(self) -> bool:

@@ -31,9 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from service import datasets as service
-from service import ingest
+from service import ingest, quotas
 from service.api import errors, links
-from service.api.deps import BlobsDep, DbDep, SettingsDep
+from service.api.deps import BlobsDep, DbDep, Reader, SettingsDep, Writer
 from service.api.pages import Page, PageQuery
 from service.ingest.stream import UploadSink
 from service.problems import ProblemError
@@ -243,6 +243,7 @@ _UPLOAD_BODY = {
 async def create_dataset(
     request: Request,
     response: Response,
+    who: Writer,
     settings: SettingsDep,
     db: DbDep,
     blobs: BlobsDep,
@@ -299,6 +300,10 @@ async def create_dataset(
         raise service.problem(e) from None
     limit = _body_limit(request, fmt, settings)
     limits = service.limits(settings)
+    request.app.state.upload_rate.take(who.tenant)
+    announced = request.headers.get("content-length", "")
+    incoming = int(announced) if announced.isdigit() else 0
+    await run_in_threadpool(quotas.check_stored_bytes, db, settings, who.tenant, incoming)
     with upload_slot(request, settings):
         t0 = time.perf_counter()
         try:
@@ -320,6 +325,7 @@ async def create_dataset(
                         name,
                         sink.digest,
                         options,
+                        who.tenant,
                     )
                 finally:
                     _discard_later(body)
@@ -374,6 +380,7 @@ def upload_slot(request: Request, settings: Settings) -> Iterator[None]:
     responses=errors.responses(422),
 )
 def list_datasets(
+    who: Reader,
     db: DbDep,
     paging: PageQuery,
     name: Annotated[
@@ -387,7 +394,9 @@ def list_datasets(
         ),
     ] = None,
 ) -> DatasetList:
-    got = rows.list_page(db, paging.limit, paging.offset, name=name, sha256=sha256)
+    got = rows.list_page(
+        db, paging.limit, paging.offset, tenant=who.tenant, name=name, sha256=sha256
+    )
     return DatasetList.of(got, paging, to_model)
 
 
@@ -397,8 +406,8 @@ def list_datasets(
     summary="Get a dataset",
     responses=errors.responses(404, 422),
 )
-def get_dataset(dataset_id: str, db: DbDep) -> Dataset:
-    return to_model(service.get(db, dataset_id))
+def get_dataset(dataset_id: str, who: Reader, db: DbDep) -> Dataset:
+    return to_model(service.get(db, dataset_id, who.tenant))
 
 
 @router.delete(
@@ -411,6 +420,6 @@ def get_dataset(dataset_id: str, db: DbDep) -> Dataset:
     ),
     responses={204: {"description": "Deleted."}, **errors.responses(404, 409, 422)},
 )
-def delete_dataset(dataset_id: str, db: DbDep, blobs: BlobsDep) -> Response:
-    service.delete(db, blobs, dataset_id)
+def delete_dataset(dataset_id: str, who: Writer, db: DbDep, blobs: BlobsDep) -> Response:
+    service.delete(db, blobs, dataset_id, who.tenant)
     return Response(status_code=204)

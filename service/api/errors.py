@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -25,6 +25,28 @@ _HTTP_CODES = {400: "malformed-request", 404: "not-found", 405: "method-not-allo
 
 class Problem(BaseModel):
     """An RFC 9457 problem document."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "/problems/validation",
+                    "title": "Invalid request",
+                    "status": 422,
+                    "detail": "body.target: Field required",
+                    "errors": [
+                        {"loc": ["body", "target"], "msg": "Field required", "type": "missing"}
+                    ],
+                },
+                {
+                    "type": "/problems/estimate-not-found",
+                    "title": "Estimate not found",
+                    "status": 404,
+                    "detail": "No estimate with id 'est_d67d5d2f6bdbe90b84799d29'.",
+                },
+            ]
+        }
+    )
 
     type: str = Field("about:blank", description="`/problems/<code>`: see the catalogue.")
     title: str = Field(description="A short summary of the problem type.")

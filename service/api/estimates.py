@@ -24,7 +24,17 @@ from starlette.concurrency import run_in_threadpool
 from service import datasets as dataset_service
 from service import estimates as service
 from service.api import errors, links
-from service.api.deps import BlobsDep, DbDep, ExecutorDep, SettingsDep
+from service.api.deps import (
+    BlobsDep,
+    Caller,
+    DbDep,
+    ExecutorDep,
+    Reader,
+    SettingsDep,
+    Writer,
+    reader,
+    writer,
+)
 from service.api.estimate_models import (
     FINISHED,
     Estimate,
@@ -84,9 +94,9 @@ def to_model(row: EstimateRow) -> Estimate:
     )
 
 
-def existing_row(estimate_id: str, db: DbDep) -> EstimateRow:
-    """The job row of the path's id, or a 404 problem (checked before any streaming starts)."""
-    return service.get(db, estimate_id)
+def existing_row(estimate_id: str, who: Caller, db: DbDep) -> EstimateRow:
+    """The caller's job row of the path's id, or a 404 problem (before any streaming starts)."""
+    return service.get(db, estimate_id, who.tenant)
 
 
 ExistingRow = Annotated[EstimateRow, Depends(existing_row)]
@@ -131,12 +141,13 @@ PotentialCacheDep = Annotated[PotentialCache, Depends(get_potential_cache)]
 def submit_estimate(
     req: EstimateRequest,
     response: Response,
+    who: Writer,
     db: DbDep,
     settings: SettingsDep,
     executor: ExecutorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Estimate:
-    row, created = service.submit(req, db, settings, executor, idempotency_key)
+    row, created = service.submit(req, db, settings, executor, idempotency_key, who.tenant)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"{PREFIX}/{row.id}"
@@ -151,6 +162,7 @@ def submit_estimate(
     responses=errors.responses(422),
 )
 def list_estimates(
+    who: Reader,
     db: DbDep,
     paging: PageQuery,
     status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None,
@@ -158,7 +170,9 @@ def list_estimates(
         str | None, Query(max_length=40, description="Only jobs using this dataset (either side).")
     ] = None,
 ) -> EstimateList:
-    got = rows.list_page(db, paging.limit, paging.offset, status=status, dataset=dataset)
+    got = rows.list_page(
+        db, paging.limit, paging.offset, tenant=who.tenant, status=status, dataset=dataset
+    )
     return EstimateList.of(got, paging, to_model)
 
 
@@ -174,7 +188,7 @@ def list_estimates(
         **errors.responses(404),
     },
 )
-async def get_estimate(estimate_id: str, db: DbDep, settings: SettingsDep) -> Response:
+async def get_estimate(estimate_id: str, who: Reader, db: DbDep, settings: SettingsDep) -> Response:
     # The route clients poll. A SQLite read (WAL: readers never wait on the writer) takes
     # ~0.2-0.5 ms, less than the thread-pool hop FastAPI would wrap around a sync route (measured:
     # 500 against 195 requests/s in-process); a networked database is still read off the loop.
@@ -182,7 +196,7 @@ async def get_estimate(estimate_id: str, db: DbDep, settings: SettingsDep) -> Re
         row = rows.get(db, estimate_id)
     else:
         row = await run_in_threadpool(rows.get, db, estimate_id)
-    if row is None:
+    if row is None or row.tenant != who.tenant:
         raise service.not_found(estimate_id)
     return Response(
         to_model(row).model_dump_json(),
@@ -198,6 +212,7 @@ def _final_event(row: EstimateRow) -> ServerSentEvent:
 
 @router.get(
     "/{estimate_id}/events",
+    dependencies=[Depends(reader)],
     response_class=EventSourceResponse,
     summary="Follow an estimate (Server-Sent Events)",
     description="`progress` events (data: {step, total_steps, objective, elapsed_s}) while the "
@@ -238,6 +253,7 @@ async def estimate_events(
 @router.post(
     "/{estimate_id}/cancel",
     status_code=202,
+    dependencies=[Depends(writer)],
     response_model=Estimate,
     summary="Cancel an estimate",
     description="A queued job ends cancelled at once; a running one within a training step or "
@@ -255,6 +271,7 @@ def cancel_estimate(
 @router.delete(
     "/{estimate_id}",
     status_code=204,
+    dependencies=[Depends(writer)],
     summary="Forget a finished estimate (its row and potential)",
     responses={204: {"description": "Deleted."}, **errors.responses(404, 409)},
 )
@@ -267,6 +284,7 @@ def delete_estimate(
 
 @router.get(
     "/{estimate_id}/potential",
+    dependencies=[Depends(reader)],
     response_class=FileResponse,
     summary="Download the fitted potential (safetensors)",
     description="Loadable without the service: `lipcore.load_potential(path)`; the architecture "
@@ -295,7 +313,7 @@ def evaluate_bound(max_points: int, d: int) -> int:
 
 def evaluate_dims(row: ExistingRow, db: DbDep) -> int:
     """The dimension d of the estimate's datasets (before the body is read)."""
-    return dataset_service.get(db, row.source_id).d
+    return dataset_service.get(db, row.source_id, row.tenant).d
 
 
 async def read_evaluate_body(request: Request, settings: SettingsDep, d: int) -> EvaluateRequest:
@@ -348,6 +366,7 @@ _EVALUATE_BODY = {
 
 @router.post(
     "/{estimate_id}/evaluate",
+    dependencies=[Depends(reader)],
     response_model=EvaluateResponse,
     response_model_exclude_none=True,
     summary="Evaluate the centred potential g = (f - c) / L (and its gradient)",

@@ -11,9 +11,10 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service.api import errors
-from service.api.deps import BlobsDep, DbDep, ExecutorDep, SettingsDep
+from service.api.deps import BlobsDep, DbDep, ExecutorDep, SettingsDep, get_principal
 from service.metrics import CONTENT_TYPE, Metrics
 from service.problems import ProblemError
+from service.settings import Settings
 
 router = APIRouter(tags=["operations"])
 
@@ -77,6 +78,9 @@ async def readyz(db: DbDep, blobs: BlobsDep, executor: ExecutorDep, settings: Se
 )
 async def metrics(request: Request) -> Response:
     """Requests, latencies and upload bytes of this process; jobs and datasets from the store."""
+    settings: Settings = request.app.state.settings
+    if not settings.metrics_public:
+        (await get_principal(request)).require("admin")
     registry: Metrics | None = getattr(request.app.state, "metrics", None)
     if registry is None:
         raise ProblemError("not-found", "Metrics are not enabled in this app.")

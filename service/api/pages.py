@@ -22,7 +22,7 @@ MAX_PAGE_CEILING = 100_000  # max_page_size may not exceed it (settings)
 class Page(BaseModel, Generic[Item]):
     """One page of items, newest first; follow ``next_offset`` for the next one."""
 
-    items: list[Item]
+    items: list[Item] = Field(description="This page's items, newest first.")
     total: int = Field(description="Items matching the filter, on all pages.")
     limit: int = Field(description="The page size asked for.")
     offset: int = Field(description="Items skipped before this page.")

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 import lipcore
 from service import report
 from service.api import errors
+from service.api.deps import Reader
 from service.blobs import BlobStore
 from service.problems import ProblemError
 from service.settings import Settings
@@ -60,11 +61,11 @@ def _cache(request: Request) -> _PngCache:
 
 
 def _load_row(
-    db: Database, estimate_id: str
+    db: Database, estimate_id: str, tenant: str
 ) -> tuple[EstimateRow, DatasetRow | None, DatasetRow | None]:
     with db.session() as s:
         row = s.get(EstimateRow, estimate_id)
-        if row is None:
+        if row is None or row.tenant != tenant:
             raise ProblemError("estimate-not-found", f"No estimate with id {estimate_id!r}.")
         src = s.get(DatasetRow, row.source_id)
         tgt = s.get(DatasetRow, row.target_id)
@@ -142,12 +143,13 @@ def build_png(
         **errors.responses(404, 409),
     },
 )
-async def get_report(estimate_id: str, request: Request) -> Response:
+async def get_report(estimate_id: str, request: Request, who: Reader) -> Response:
     """Training objective, histograms of g = (f - c)/L on both sets, for d = 2 a heat map of g
     under the two samples, and the numbers. An exact-only job gets the numbers alone."""
     settings: Settings = request.app.state.settings
     blobs: BlobStore = request.app.state.blobs
-    row, src, tgt = await run_in_threadpool(_load_row, request.app.state.db, estimate_id)
+    db = request.app.state.db
+    row, src, tgt = await run_in_threadpool(_load_row, db, estimate_id, who.tenant)
     if not JobStatus(row.status).finished:
         raise ProblemError(
             "estimate-not-finished",

@@ -1,10 +1,11 @@
-"""Queries on dataset rows: look up, insert once per content hash, delete when unused."""
+"""Queries on dataset rows: look up, insert once per tenant and content hash, delete when
+unused. Two tenants' rows of the same content share its files."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from service.store.db import Database
@@ -19,19 +20,35 @@ def get(db: Database, dataset_id: str) -> DatasetRow | None:
         return s.get(DatasetRow, dataset_id)
 
 
-def by_sha(db: Database, sha256: str) -> DatasetRow | None:
+def by_sha(db: Database, sha256: str, tenant: str) -> DatasetRow | None:
+    """The tenant's row of this content."""
     with db.session() as s:
-        return s.execute(select(DatasetRow).where(DatasetRow.sha256 == sha256)).scalar_one_or_none()
+        q = select(DatasetRow).where(DatasetRow.sha256 == sha256, DatasetRow.tenant == tenant)
+        return s.execute(q).scalar_one_or_none()
+
+
+def content_used(db: Database, sha256: str) -> bool:
+    """Whether any tenant's row still points at this content's files."""
+    with db.session() as s:
+        q = select(DatasetRow.id).where(DatasetRow.sha256 == sha256).limit(1)
+        return s.execute(q).first() is not None
+
+
+def stored_bytes(db: Database, tenant: str) -> int:
+    """The bytes of the tenant's datasets (each counted, even where tenants share files)."""
+    with db.session() as s:
+        q = select(func.coalesce(func.sum(DatasetRow.bytes), 0)).where(DatasetRow.tenant == tenant)
+        return int(s.execute(q).scalar_one())
 
 
 def insert_once(db: Database, row: DatasetRow) -> tuple[DatasetRow, bool]:
-    """Insert ``row`` unless a row with its sha256 exists: (the stored row, created)."""
+    """Insert ``row`` unless its tenant has a row of its sha256: (the stored row, created)."""
     try:
         with db.session() as s:
             s.add(row)
     except IntegrityError:
-        # The same data was uploaded concurrently and its row won the unique sha256.
-        existing = by_sha(db, row.sha256)
+        # The same data was uploaded concurrently and its row won the unique (tenant, sha256).
+        existing = by_sha(db, row.sha256, row.tenant)
         if existing is None:
             raise
         return existing, False
@@ -39,9 +56,15 @@ def insert_once(db: Database, row: DatasetRow) -> tuple[DatasetRow, bool]:
 
 
 def list_page(
-    db: Database, limit: int, offset: int, *, name: str | None = None, sha256: str | None = None
+    db: Database,
+    limit: int,
+    offset: int,
+    *,
+    tenant: str,
+    name: str | None = None,
+    sha256: str | None = None,
 ) -> RowPage[DatasetRow]:
-    where = []
+    where = [DatasetRow.tenant == tenant]
     if name is not None:
         where.append(DatasetRow.name == name)
     if sha256 is not None:

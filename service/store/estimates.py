@@ -3,7 +3,7 @@ forget a finished one."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from service.store.db import Database, rowcount
@@ -39,15 +39,28 @@ def list_page(
     limit: int,
     offset: int,
     *,
+    tenant: str,
     status: str | None = None,
     dataset: str | None = None,
 ) -> RowPage[EstimateRow]:
-    where = []
+    where = [EstimateRow.tenant == tenant]
     if status is not None:
         where.append(EstimateRow.status == status)
     if dataset is not None:
         where.append((EstimateRow.source_id == dataset) | (EstimateRow.target_id == dataset))
     return page(db, EstimateRow, where, limit, offset)
+
+
+def active_count(db: Database, tenant: str) -> int:
+    """The tenant's queued and running jobs."""
+    active = (JobStatus.queued.value, JobStatus.running.value)
+    with db.session() as s:
+        q = (
+            select(func.count())
+            .select_from(EstimateRow)
+            .where(EstimateRow.tenant == tenant, EstimateRow.status.in_(active))
+        )
+        return int(s.execute(q).scalar_one())
 
 
 def delete_finished(db: Database, estimate_id: str) -> bool:

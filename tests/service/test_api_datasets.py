@@ -374,14 +374,14 @@ def test_concurrent_identical_upload_returns_the_row_that_won(
     real = rows.by_sha
     calls = []
 
-    def blind_once(db, sha256):  # the other upload's row is not visible yet at the first look
+    def blind_once(db, sha256, tenant):  # the other upload's row is not visible at first look
         calls.append(sha256)
-        return None if len(calls) == 1 else real(db, sha256)
+        return None if len(calls) == 1 else real(db, sha256, tenant)
 
     monkeypatch.setattr(rows, "by_sha", blind_once)
     r = api.post("/v1/datasets", json=body)
     assert r.status_code == 200 and r.json()["id"] == first["id"]
-    assert len(calls) == 2  # looked again after the unique sha256 refused the insert
+    assert len(calls) == 2  # looked again after the unique (tenant, sha256) refused the insert
     assert api.get("/v1/datasets").json()["total"] == 1
 
 

@@ -181,9 +181,9 @@ def test_idempotency_race_on_the_unique_key_returns_the_winner(api, recording, m
     real = estimates_service.replay
     calls = []
 
-    def blind_first(db, key, digest):  # the loser looked before the winner's insert landed
+    def blind_first(db, tenant, key, digest):  # the loser looked before the winner's insert
         calls.append(key)
-        return None if len(calls) == 1 else real(db, key, digest)
+        return None if len(calls) == 1 else real(db, tenant, key, digest)
 
     monkeypatch.setattr(estimates_service, "replay", blind_first)
     r = api.post("/v1/estimates", json=body, headers={"Idempotency-Key": "race"})

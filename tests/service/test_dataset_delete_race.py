@@ -49,7 +49,7 @@ def test_delete_racing_a_reupload_of_the_same_bytes(api: TestClient) -> None:
         assert isinstance(d, Response) and isinstance(u, Response), (d, u)
         assert d.status_code < 500 and u.status_code < 500, (d.text, u.text)
         outcomes[(d.status_code, u.status_code)] += 1
-        row = rows.by_sha(db, sha)
+        row = rows.by_sha(db, sha, "default")
         # A row always has its blob, and a blob always has its row (no orphan, no loss).
         assert (row is not None) == blobs.has_dataset(sha), (d.status_code, u.status_code)
         uid = u.json()["id"]
