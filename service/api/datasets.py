@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -45,8 +45,40 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 log = logging.getLogger("lipwass.api.datasets")
 
 
+#: Two datasets as the routes answer them: a CSV upload with a header, and a JSON upload
+#: without column names (validated against the model in tests/service/test_openapi_docs.py).
+DATASET_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "id": "ds_54ae81222061727ac390c18f",
+        "name": "before",
+        "n": 2000,
+        "d": 2,
+        "dtype": "float64",
+        "weighted": False,
+        "columns": ["u", "v"],
+        "sha256": "952394d888b2296c8fdf2f3dd1519e502c1ea26c6dd7f21d44bdd9c6ee46adf0",
+        "bytes": 32000,
+        "created_at": "2026-12-03T12:16:02.671028Z",
+    },
+    {
+        "id": "ds_6e785a40406bc19ac9188b0f",
+        "name": None,
+        "n": 3,
+        "d": 2,
+        "dtype": "float64",
+        "weighted": False,
+        "columns": ["x0", "x1"],
+        "sha256": "a824c1b8a36315a6804462c5c2c214ce7aa54384b169ee82157b0e3b57611051",
+        "bytes": 48,
+        "created_at": "2026-12-03T12:24:09.346295Z",
+    },
+]
+
+
 class Dataset(BaseModel):
     """A stored dataset: n samples in d dimensions, optionally weighted (weights sum to 1)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": DATASET_EXAMPLES})
 
     id: str = Field(description="Opaque id, prefixed ds_.")
     name: str | None = Field(description="The ?name= given at the first upload of this data.")
@@ -61,13 +93,31 @@ class Dataset(BaseModel):
             "headerless CSV). Part of the dataset's identity with the numbers and weights."
         )
     )
-    sha256: str = Field(description="Canonical hash of dtype, shape, samples and weights.")
+    sha256: str = Field(
+        description="Canonical hash (hex) of dtype, shape, samples, weights and column names "
+        "(unless x0 … x{d-1}): the same data in any format has the same hash (?sha256= of "
+        "GET /v1/datasets finds it before an upload)."
+    )
     bytes: int = Field(description="Stored size: samples, plus 8 bytes per sample if weighted.")
     created_at: datetime = Field(description="When this data was first uploaded (UTC).")
 
 
 class DatasetList(Page[Dataset]):
     """One page of datasets, newest first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": DATASET_EXAMPLES[:1],
+                    "total": 2,
+                    "limit": 1,
+                    "offset": 1,
+                    "next_offset": None,
+                }
+            ]
+        }
+    )
 
 
 def to_model(row: DatasetRow) -> Dataset:
