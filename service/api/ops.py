@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.api import errors
@@ -20,12 +20,31 @@ router = APIRouter(tags=["operations"])
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    """The process serves requests."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"] = Field(
+        "ok", description="Always ok: a process that cannot serve does not answer."
+    )
 
 
 class Ready(BaseModel):
-    status: Literal["ready"] = "ready"
-    checks: dict[str, str]
+    """Every dependency answered its check (a failed one is a 503 problem naming it)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ready", "checks": {"database": "ok", "blobs": "ok", "executor": "ok"}}
+            ]
+        }
+    )
+
+    status: Literal["ready"] = Field("ready", description="Always ready in a 200 answer.")
+    checks: dict[str, str] = Field(
+        description="Each check and its outcome, ok: database (a query), blobs (a file "
+        "written to the blob volume), executor (Redis answers, or the embedded dispatcher runs)."
+    )
 
 
 @router.get("/healthz", summary="The process is up", response_model=Health)
