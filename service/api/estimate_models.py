@@ -6,11 +6,13 @@ document every number the service returns.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lipcore import EstimatorConfig
 from service.api.pages import Page
 
 Method = Literal["auto", "lipschitz", "exact"]
@@ -19,13 +21,247 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 INT64_MAX = 2**63 - 1
 
-DatasetId = Annotated[str, Field(min_length=1, max_length=40, examples=["ds_0123abcd"])]
+DatasetId = Annotated[
+    str, Field(min_length=1, max_length=40, examples=["ds_54ae81222061727ac390c18f"])
+]
+
+# -- examples ---------------------------------------------------------------------------------
+# One estimate, end to end: 2000 samples of N(0, I_2) (columns u, v) against 2000 of N(0, I_2)
+# shifted by 0.5 along u (true W1 = 0.5), default request and config, on a CPU; the figures are
+# those the service returned (rounded). Each example is validated against its model
+# (tests/service/test_openapi_docs.py).
+SOURCE_EXAMPLE = "ds_54ae81222061727ac390c18f"
+TARGET_EXAMPLE = "ds_5ff92435ec9e7cfcb299f485"
+ESTIMATE_ID_EXAMPLE = "est_d67d5d2f6bdbe90b84799d29"
+CONFIG_EXAMPLE: dict[str, Any] = EstimatorConfig().to_dict()
+
+REQUEST_EXAMPLES: list[dict[str, Any]] = [
+    {"source": SOURCE_EXAMPLE, "target": TARGET_EXAMPLE},
+    {
+        "source": SOURCE_EXAMPLE,
+        "target": TARGET_EXAMPLE,
+        "method": "auto",
+        "crosscheck": "never",
+        "holdout": 0.3,
+        "alpha": 0.01,
+        "scale": "standardize",
+        "match_columns": "names",
+        "seed": 42,
+        "config": {"width": 64, "depth": 2, "steps": 500},
+    },
+    {"source": SOURCE_EXAMPLE, "target": TARGET_EXAMPLE, "method": "exact"},
+]
+
+PROGRESS_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "step": 370,
+        "total_steps": 1000,
+        "objective": 0.438739,
+        "elapsed_s": 3.92,
+        "phase": "training",
+    },
+    {"step": 470, "total_steps": 470, "objective": 0.456306, "elapsed_s": 4.61, "phase": "exact"},
+]
+
+RESULT_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "method": "lipschitz",
+        "verdict": {
+            "differ": True,
+            "alpha": 0.05,
+            "p_value": 0.000999,
+            "test": "heldout-potential-permutation",
+            "permutations": 1000,
+            "summary": "differ (p < 0.001): distance 0.45, 95 % CI [0.308, 0.593]",
+        },
+        "distance": {"value": 0.450367, "ci95": [0.307585, 0.593149], "kind": "distribution"},
+        "features": [
+            {
+                "name": "u",
+                "index": 0,
+                "marginal_w1": 0.435065,
+                "attribution": 0.968595,
+                "direction": 0.983585,
+            },
+            {
+                "name": "v",
+                "index": 1,
+                "marginal_w1": 0.071477,
+                "attribution": 0.031405,
+                "direction": 0.157275,
+            },
+        ],
+        "notes": [],
+        "w1": 0.440513,
+        "lower_bound": 0.440513,
+        "lipschitz_constant": 1.006495,
+        "holdout": {
+            "value": 0.450367,
+            "ci95": [0.307585, 0.593149],
+            "n_source": 400,
+            "n_target": 400,
+        },
+        "exact": {"value": 0.445023, "solver": "pot.emd2", "seconds": 0.62},
+        "upper_bound": 0.464469,
+        "bracket_width": 0.051577,
+        "scale": {"mode": "none", "factors": None},
+        "noise_floor": None,
+        "relative_gap": 0.010134,
+        "diagnostics": {
+            "grad_norm": {"q05": 0.998838, "q50": 0.99963, "q95": 0.999769},
+            "objective": 0.456306,
+        },
+        "potential_center": 0.130654,
+        "device": "cpu",
+        "seconds": 5.24,
+        "steps": 470,
+        "config": CONFIG_EXAMPLE,
+    },
+    {
+        # method exact on the first 400 samples of each set: small enough for its test.
+        "method": "exact",
+        "verdict": {
+            "differ": True,
+            "alpha": 0.05,
+            "p_value": 0.004975,
+            "test": "exact-w1-permutation",
+            "permutations": 200,
+            "summary": "differ (p < 0.005)",
+        },
+        "distance": None,
+        "features": [
+            {
+                "name": "u",
+                "index": 0,
+                "marginal_w1": 0.440689,
+                "attribution": None,
+                "direction": None,
+            },
+            {
+                "name": "v",
+                "index": 1,
+                "marginal_w1": 0.187941,
+                "attribution": None,
+                "direction": None,
+            },
+        ],
+        "notes": [],
+        "w1": 0.50085,
+        "lower_bound": None,
+        "lipschitz_constant": None,
+        "holdout": None,
+        "exact": {"value": 0.50085, "solver": "pot.emd2", "seconds": 0.012},
+        "upper_bound": None,
+        "bracket_width": None,
+        "scale": {"mode": "none", "factors": None},
+        "noise_floor": {"value": 0.216415, "of": "exact", "permutations": 200},
+        "relative_gap": None,
+        "diagnostics": None,
+        "potential_center": None,
+        "device": "cpu",
+        "seconds": 1.6,
+        "steps": 0,
+        "config": None,
+    },
+]
+
+JOB_ERROR_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "type": "timeout",
+        "title": "The job ran too long",
+        "detail": "the job exceeded the time limit of 3600 s (job_timeout_s)",
+    },
+    {
+        "type": "dataset_missing",
+        "title": "A dataset is missing",
+        "detail": f"dataset {TARGET_EXAMPLE} is no longer stored",
+    },
+]
+
+_QUEUED: dict[str, Any] = {
+    "id": ESTIMATE_ID_EXAMPLE,
+    "status": "queued",
+    "source": SOURCE_EXAMPLE,
+    "target": TARGET_EXAMPLE,
+    "method": "auto",
+    "crosscheck": "auto",
+    "holdout": 0.2,
+    "alpha": 0.05,
+    "scale": "none",
+    "seed": 0,
+    "config": CONFIG_EXAMPLE,
+    "progress": None,
+    "result": None,
+    "error": None,
+    "attempt": 0,
+    "cancel_requested": False,
+    "created_at": "2026-12-03T12:16:06.442545Z",
+    "started_at": None,
+    "finished_at": None,
+}
+_STARTED = {"attempt": 1, "started_at": "2026-12-03T12:16:06.613902Z"}
+
+#: The estimate as each route answers it: first the finished job (GET), then the job as POST
+#: answers it (queued), a running one (progress), and a failed one (error).
+ESTIMATE_EXAMPLES: list[dict[str, Any]] = [
+    {
+        **_QUEUED,
+        **_STARTED,
+        "status": "succeeded",
+        "progress": PROGRESS_EXAMPLES[1],
+        "result": RESULT_EXAMPLES[0],
+        "finished_at": "2026-12-03T12:16:11.902417Z",
+    },
+    _QUEUED,
+    {**_QUEUED, **_STARTED, "status": "running", "progress": PROGRESS_EXAMPLES[0]},
+    {
+        **_QUEUED,
+        **_STARTED,
+        "status": "failed",
+        "progress": PROGRESS_EXAMPLES[0],
+        "error": JOB_ERROR_EXAMPLES[0],
+        "finished_at": "2026-12-03T13:16:07.120934Z",
+    },
+]
+
+
+def _event(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    """One Server-Sent Event as GET /v1/estimates/{id}/events writes it."""
+    line = f"id: {event_id}\n" if event_id is not None else ""
+    return f"event: {event}\ndata: {json.dumps(data)}\n{line}\n"
+
+
+#: The stream of a job followed while it trains: progress events, then its final event.
+EVENTS_EXAMPLE = "".join(
+    [
+        _event(
+            "progress",
+            {**PROGRESS_EXAMPLES[0], "step": 360, "objective": 0.437912, "elapsed_s": 3.81},
+            "360",
+        ),
+        _event("progress", PROGRESS_EXAMPLES[0], "370"),
+        _event("progress", PROGRESS_EXAMPLES[1], "470"),
+        _event("result", ESTIMATE_EXAMPLES[0]),
+    ]
+)
+
+EVALUATE_REQUEST_EXAMPLES: list[dict[str, Any]] = [
+    {"points": [[0.0, 0.0], [0.5, 0.0], [1.0, 1.0]], "gradient": True},
+    {"points": [[0.0, 0.0], [0.5, 0.0]]},
+]
+EVALUATE_RESPONSE_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "values": [0.236799, -0.253858, -0.94821],
+        "gradients": [[-0.979407, -0.200424], [-0.982865, -0.182865], [-0.980073, -0.194791]],
+    },
+    {"values": [0.236799, -0.253858]},
+]
 
 
 class EstimateRequest(BaseModel):
     """What to estimate and how. Unknown fields are an error, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": REQUEST_EXAMPLES})
 
     source: DatasetId = Field(description="Dataset id of the source samples X (f is high on X).")
     target: DatasetId = Field(description="Dataset id of the target samples Y.")
@@ -82,44 +318,89 @@ class EstimateRequest(BaseModel):
 class Progress(BaseModel):
     """Where a running job stands: its phase, and within training the step."""
 
-    step: int
-    total_steps: int
-    objective: float | None = None
-    elapsed_s: float
+    model_config = ConfigDict(json_schema_extra={"examples": PROGRESS_EXAMPLES})
+
+    step: int = Field(
+        description="Training steps done. After training (the later phases): the steps it ran. "
+        "0 for method exact."
+    )
+    total_steps: int = Field(
+        description="During training: config.steps, the most it may run (validation stopping "
+        "may end it sooner). After training: the steps it ran. 0 for method exact."
+    )
+    objective: float | None = Field(
+        None,
+        description="The smoothed training objective (weighted mean of f on the source batch "
+        "minus on the target batch, moving average), in the data's units (scaled ones under "
+        "a scale): it rises towards the distance as training proceeds. After training: its "
+        "final value; 0 for method exact; null when not reported.",
+    )
+    elapsed_s: float = Field(
+        description="Seconds of computation so far: during training, since training began; in "
+        "the later phases, since the estimate's computation began."
+    )
     phase: Literal["training", "certifying", "testing", "bracketing", "exact"] = Field(
         "training",
-        description="training (step of total_steps), certifying, testing, bracketing, exact.",
+        description="training (step of total_steps), certifying (L and the lower bound), "
+        "testing (the permutation test), bracketing (the upper bound and the feature table), "
+        "exact (the exact solver and its relabellings).",
     )
 
 
 class HoldoutResult(BaseModel):
     """The potential's difference on held-out samples: an estimate for the distributions."""
 
-    value: float
-    ci95: list[float] = Field(min_length=2, max_length=2, description="95 % interval [lo, hi].")
-    n_source: int
-    n_target: int
+    value: float = Field(
+        description="Weighted mean of g = f / L on the held-out source samples minus on the "
+        "held-out target samples, in the data's units (scaled ones under a scale): an "
+        "estimate of (a lower bound of) W1 between the distributions. The same number as "
+        "distance.value."
+    )
+    ci95: list[float] = Field(
+        min_length=2,
+        max_length=2,
+        description="Normal 95 % confidence interval [lo, hi] of value, from the variances of g "
+        "on the two held-out parts.",
+    )
+    n_source: int = Field(description="Source samples held out of training: round(holdout * n).")
+    n_target: int = Field(description="Target samples held out of training: round(holdout * m).")
 
 
 class ExactResult(BaseModel):
     """The exact empirical W1."""
 
-    value: float
-    solver: str = Field(description='"closed_form_1d" or "pot.emd2".', examples=["pot.emd2"])
-    seconds: float
+    value: float = Field(
+        description="The exact W1 between the two weighted samples (Euclidean cost), in the "
+        "data's units (scaled ones under a scale)."
+    )
+    solver: str = Field(
+        description='"closed_form_1d" (d = 1: sorted quantiles) or "pot.emd2" (network simplex).',
+        examples=["pot.emd2"],
+    )
+    seconds: float = Field(description="Wall-clock seconds the exact solve took.")
 
 
 class GradNorm(BaseModel):
-    """Quantiles of |grad f| on the samples; mass well below 1 means under-fitting."""
+    """Quantiles of |grad g| (g = f / L, so at most 1) on up to config.grad_samples samples of
+    each set; mass well below 1 means under-fitting."""
 
-    q05: float
-    q50: float
-    q95: float
+    q05: float = Field(description="5 % quantile of |grad g|.")
+    q50: float = Field(description="Median of |grad g|.")
+    q95: float = Field(description="95 % quantile of |grad g|.")
 
 
 class Diagnostics(BaseModel):
-    grad_norm: GradNorm
-    objective: float | None = None
+    """How well the potential fits (method lipschitz)."""
+
+    grad_norm: GradNorm = Field(
+        description="An optimal potential has |grad g| = 1 along transport rays: much mass "
+        "below 1 while the sets differ means the network under-fits (see notes)."
+    )
+    objective: float | None = Field(
+        None,
+        description="The smoothed training objective when training ended, in the data's units "
+        "(scaled ones under a scale; compare with lower_bound); null when not recorded.",
+    )
 
 
 class Verdict(BaseModel):
@@ -142,17 +423,34 @@ class Verdict(BaseModel):
 class Distance(BaseModel):
     """By how much? W1 between the underlying distributions, estimated on held-out samples."""
 
-    value: float = Field(description="Held-out estimate (a lower-bound estimate of W1).")
-    ci95: list[float] = Field(min_length=2, max_length=2, description="95 % interval [lo, hi].")
-    kind: Literal["distribution"] = "distribution"
+    value: float = Field(
+        description="Held-out estimate (a lower-bound estimate of W1), in the data's units "
+        "(scaled ones under a scale)."
+    )
+    ci95: list[float] = Field(
+        min_length=2, max_length=2, description="Normal 95 % confidence interval [lo, hi]."
+    )
+    kind: Literal["distribution"] = Field(
+        "distribution",
+        description="Always distribution: W1 between the underlying distributions, not "
+        "between these two samples (that is w1, lower_bound, exact).",
+    )
 
 
 class NoiseFloor(BaseModel):
     """The empirical W1 of two samples of one distribution at this size (relabelled samples)."""
 
-    value: float = Field(description="Median exact W1 over the relabellings, in data units.")
-    of: Literal["exact"] = "exact"
-    permutations: int
+    value: float = Field(
+        description="Median exact W1 over the relabellings, in the data's units (scaled ones "
+        "under a scale)."
+    )
+    of: Literal["exact"] = Field(
+        "exact", description="The statistic relabelled: always exact (the exact empirical W1)."
+    )
+    permutations: int = Field(
+        description="Relabellings solved exactly: 200 beside method exact's test, 5 beside a "
+        "cross-check."
+    )
 
 
 class FeatureResult(BaseModel):
@@ -160,7 +458,10 @@ class FeatureResult(BaseModel):
 
     name: str = Field(description="The column's name (x0, x1, ... for unnamed data).")
     index: int = Field(description="The column's position.")
-    marginal_w1: float = Field(description="Exact 1-D W1 of this feature's two marginals.")
+    marginal_w1: float = Field(
+        description="Exact 1-D W1 of this feature's two marginals, in the data's units "
+        "(scaled ones under a scale)."
+    )
     attribution: float | None = Field(
         description="Share of the potential's squared gradient on this feature (sums to 1); "
         "null for method exact."
@@ -172,14 +473,25 @@ class FeatureResult(BaseModel):
 
 
 class EstimateResult(BaseModel):
-    """The answer first (verdict, distance, notes), then the figures of these two samples."""
+    """The answer first (verdict, distance, notes), then the figures of these two samples.
 
-    model_config = ConfigDict(extra="allow")
+    Distances are in the data's units (the scaled units when scale is not none)."""
 
-    method: Literal["lipschitz", "exact"]
-    verdict: Verdict | None = Field(None, description="Do they differ? (null: no test ran)")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": RESULT_EXAMPLES})
+
+    method: Literal["lipschitz", "exact"] = Field(
+        description="What ran: lipschitz (the neural potential: asked as auto or lipschitz) or "
+        "exact."
+    )
+    verdict: Verdict | None = Field(
+        None,
+        description="Do they differ? Null when no test ran: holdout 0, or method exact with "
+        "n * m above exact_test_max_pairs.",
+    )
     distance: Distance | None = Field(
-        None, description="By how much do the distributions differ? (null for method exact)"
+        None,
+        description="By how much do the distributions differ? Null for method exact and when "
+        "holdout is 0.",
     )
     features: list[FeatureResult] = Field(
         default_factory=list,
@@ -188,90 +500,196 @@ class EstimateResult(BaseModel):
     notes: list[str] = Field(
         default_factory=list, description="What to know before reading the figures below."
     )
-    w1: float = Field(description="Empirical figure: exact value or certified lower bound.")
+    w1: float = Field(
+        description="The empirical figure of these two samples: lower_bound for method "
+        "lipschitz, exact.value for method exact."
+    )
     lower_bound: float | None = Field(
-        None, description="Certified lower bound of the empirical W1 (all samples)."
+        None,
+        description="Certified lower bound of the empirical W1: (sum a f(x) - sum b f(y)) / L "
+        "over all samples. Null for method exact.",
     )
     lipschitz_constant: float | None = Field(
-        None, description="Certified upper bound of the network's Lipschitz constant."
+        None,
+        description="L: a certified upper bound of the trained network's Lipschitz constant "
+        "(from the exact spectral norms of its exported weights). Null for method exact.",
     )
-    holdout: HoldoutResult | None = None
-    exact: ExactResult | None = None
+    holdout: HoldoutResult | None = Field(
+        None,
+        description="The potential's difference on the held-out samples (distance's figures, "
+        "with the sample counts). Null for method exact and when holdout is 0.",
+    )
+    exact: ExactResult | None = Field(
+        None,
+        description="The exact empirical W1, when the exact solver ran: method exact, or the "
+        "cross-check (crosscheck always; auto when d = 1 or n * m <= exact_max_pairs). Null "
+        "otherwise.",
+    )
     upper_bound: float | None = Field(
         None,
         description="Certified upper bound of the empirical W1: the cost of an explicit "
-        "coupling, so that lower_bound <= exact <= upper_bound on every input.",
+        "coupling, so that lower_bound <= exact <= upper_bound on every input. Null for "
+        "method exact.",
     )
     bracket_width: float | None = Field(
-        None, description="(upper_bound - lower_bound) / upper_bound."
+        None,
+        description="(upper_bound - lower_bound) / upper_bound: how tight the certified bracket "
+        "of the empirical W1 is. Null for method exact.",
     )
     scale: dict[str, Any] | None = Field(
         None,
-        description='{"mode", "factors"}: the per-feature factors the data was divided by.',
+        description='{"mode", "factors"}: the scaling asked (none, standardize, robust) and the '
+        "d per-feature factors the data was divided by (null for none); every distance is in "
+        "the scaled units.",
     )
     noise_floor: NoiseFloor | None = Field(
-        None, description="Beside exact: the same statistic for two samples of one distribution."
+        None,
+        description="Beside exact: the same statistic for two samples of one distribution. "
+        "Null when no relabelling ran (no exact solve, or n * m above noise_floor_max_pairs "
+        "for a cross-check, above exact_test_max_pairs for method exact).",
     )
-    relative_gap: float | None = Field(None, description="(exact - lower_bound) / exact.")
-    diagnostics: Diagnostics | None = None
+    relative_gap: float | None = Field(
+        None,
+        description="(exact - lower_bound) / exact: >= 0 up to rounding. Null without an exact "
+        "value (or when it is 0) and for method exact.",
+    )
+    diagnostics: Diagnostics | None = Field(
+        None, description="How well the potential fits. Null for method exact."
+    )
     potential_center: float | None = Field(
-        None, description="c such that /evaluate serves g = (f - c) / L, centred on both sets."
+        None,
+        description="c = (sum a f(x) + sum b f(y)) / 2 of the raw potential f over all samples: "
+        "/evaluate serves g = (f - c) / L, centred on both sets. Null for method exact.",
     )
-    device: str
-    seconds: float
-    steps: int
-    config: dict[str, Any] | None = None
+    device: str = Field(
+        description="Where the potential was trained (cpu, cuda:0, ...); cpu for method exact."
+    )
+    seconds: float = Field(
+        description="Wall-clock seconds of the job's computation (training, certificate, test, "
+        "bracket, exact solve, storing the potential); not the time queued or loading data."
+    )
+    steps: int = Field(
+        description="Training steps run (validation stopping may end training before "
+        "config.steps). 0 for method exact."
+    )
+    config: dict[str, Any] | None = Field(
+        None,
+        description="The estimator config the potential was trained with (lipcore."
+        "EstimatorConfig, defaults filled in). Null for method exact.",
+    )
 
 
 class JobError(BaseModel):
-    """Why a job failed or was cancelled."""
+    """Why a job failed (a cancelled job has no error)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": JOB_ERROR_EXAMPLES})
 
-    type: str
-    title: str
-    detail: str | None = None
+    type: str = Field(
+        description="The failure's code in the problem catalogue (a bare code, not a URI): "
+        "invalid_request, invalid_config, invalid_input, exact_too_large, "
+        "exact_not_converged, diverged, non_finite, out_of_memory, timeout, dataset_missing, "
+        "not_found, attempts_exhausted or internal."
+    )
+    title: str = Field(description="A short summary of the failure's kind.")
+    detail: str | None = Field(None, description="What went wrong in this job, and what to change.")
 
 
 class Estimate(BaseModel):
     """An estimate job and, once it succeeded, its result."""
 
-    id: str = Field(examples=["est_5f0c2a9d1b7e4c3a8d6f0e1b"])
-    status: Status
-    source: str
-    target: str
-    method: Method
-    crosscheck: Crosscheck
-    holdout: float
-    alpha: float
-    scale: str = "none"
-    seed: int
+    model_config = ConfigDict(json_schema_extra={"examples": ESTIMATE_EXAMPLES})
+
+    id: str = Field(
+        description="Opaque id, prefixed est_.", examples=["est_d67d5d2f6bdbe90b84799d29"]
+    )
+    status: Status = Field(
+        description="queued (waiting for a worker), running, then succeeded, failed or "
+        "cancelled: those three are final."
+    )
+    source: str = Field(description="Dataset id of the source samples X, as asked.")
+    target: str = Field(description="Dataset id of the target samples Y, as asked.")
+    method: Method = Field(
+        description="The method asked (auto, lipschitz, exact); result.method says which ran."
+    )
+    crosscheck: Crosscheck = Field(description="The cross-check asked: auto, always or never.")
+    holdout: float = Field(description="Fraction of each set held out of training, as asked.")
+    alpha: float = Field(description="Level of the two-sample test, as asked.")
+    scale: str = Field(
+        "none", description="Per-feature scaling, as asked: none, standardize or robust."
+    )
+    seed: int = Field(description="Seed of the whole job, as asked.")
     config: dict[str, Any] = Field(description="The full EstimatorConfig the job runs with.")
-    progress: Progress | None = None
-    result: EstimateResult | None = None
-    error: JobError | None = None
+    progress: Progress | None = Field(
+        None,
+        description="The worker's last report (phase, step, objective); null until the first "
+        "one. A finished job keeps its last report.",
+    )
+    result: EstimateResult | None = Field(
+        None, description="The answer, once status is succeeded; null otherwise."
+    )
+    error: JobError | None = Field(
+        None, description="Why the job failed, when status is failed; null otherwise."
+    )
     attempt: int = Field(description="How many times a worker took the job.")
-    cancel_requested: bool = False
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    cancel_requested: bool = Field(
+        False,
+        description="Whether a cancel was asked: a queued job is then cancelled at once, a "
+        "running one within a training step or two.",
+    )
+    created_at: datetime = Field(description="When the job was submitted (UTC).")
+    started_at: datetime | None = Field(
+        None, description="When a worker last took the job (UTC); null until one did."
+    )
+    finished_at: datetime | None = Field(
+        None, description="When the job reached a final status (UTC); null before."
+    )
 
 
 class EstimateList(Page[Estimate]):
     """One page of estimates, newest first."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [ESTIMATE_EXAMPLES[0]],
+                    "total": 2,
+                    "limit": 1,
+                    "offset": 0,
+                    "next_offset": 1,
+                }
+            ]
+        }
+    )
+
 
 class EvaluateRequest(BaseModel):
     """Points at which to evaluate the centred, 1-Lipschitz potential g = (f - c) / L."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": EVALUATE_REQUEST_EXAMPLES}
+    )
 
     points: list[list[float]] = Field(
-        min_length=1, description="k points, each of the datasets' dimension d."
+        min_length=1,
+        description="k points (at most max_evaluate_points), each of the datasets' dimension "
+        "d, in the data's own units (a scaling asked is folded into the potential).",
     )
     gradient: bool = Field(False, description="Also return the gradients of g.")
 
 
 class EvaluateResponse(BaseModel):
-    values: list[float]
-    gradients: list[list[float]] | None = None
+    """The centred, 1-Lipschitz potential g = (f - c) / L at the points asked, in order."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": EVALUATE_RESPONSE_EXAMPLES})
+
+    values: list[float] = Field(
+        description="g at each of the k points, in the units of the distances: high on the "
+        "source, centred (its weighted means on the two sets average 0)."
+    )
+    gradients: list[list[float]] | None = Field(
+        None,
+        description="With gradient true: the gradient of g with respect to the points, k "
+        "vectors of d numbers (of norm at most 1 for scale none; with a scale, component j is "
+        "divided by feature j's factor); absent otherwise.",
+    )

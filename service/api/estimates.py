@@ -36,6 +36,7 @@ from service.api.deps import (
     writer,
 )
 from service.api.estimate_models import (
+    EVENTS_EXAMPLE,
     FINISHED,
     Estimate,
     EstimateList,
@@ -185,7 +186,7 @@ def list_estimates(
             "description": "The job; Retry-After (seconds) while it is queued or running.",
             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
         },
-        **errors.responses(404),
+        **errors.responses(404, 422),
     },
 )
 async def get_estimate(estimate_id: str, who: Reader, db: DbDep, settings: SettingsDep) -> Response:
@@ -218,7 +219,13 @@ def _final_event(row: EstimateRow) -> ServerSentEvent:
     description="`progress` events (data: {step, total_steps, objective, elapsed_s}) while the "
     "job runs, then one `result` (succeeded) or `error` (failed, cancelled) event whose data is "
     "the estimate, and the stream ends. A finished job gives its final event at once.",
-    responses=errors.responses(404),
+    responses={
+        200: {
+            "description": "The event stream.",
+            "content": {"text/event-stream": {"example": EVENTS_EXAMPLE}},
+        },
+        **errors.responses(404, 422),
+    },
 )
 async def estimate_events(
     row: ExistingRow, request: Request, db: DbDep, settings: SettingsDep
@@ -258,7 +265,7 @@ async def estimate_events(
     summary="Cancel an estimate",
     description="A queued job ends cancelled at once; a running one within a training step or "
     "two (its worker checks the flag).",
-    responses=errors.responses(404, 409),
+    responses=errors.responses(404, 409, 422),
 )
 def cancel_estimate(
     row: ExistingRow, db: DbDep, executor: ExecutorDep, response: Response
@@ -273,7 +280,7 @@ def cancel_estimate(
     status_code=204,
     dependencies=[Depends(writer)],
     summary="Forget a finished estimate (its row and potential)",
-    responses={204: {"description": "Deleted."}, **errors.responses(404, 409)},
+    responses={204: {"description": "Deleted."}, **errors.responses(404, 409, 422)},
 )
 def delete_estimate(
     row: ExistingRow, db: DbDep, blobs: BlobsDep, cache: PotentialCacheDep
@@ -294,7 +301,7 @@ def delete_estimate(
             "content": {"application/octet-stream": {"schema": {"type": "string"}}},
             "description": "The safetensors file.",
         },
-        **errors.responses(404, 409),
+        **errors.responses(404, 409, 422),
     },
 )
 def download_potential(row: ExistingRow, blobs: BlobsDep, settings: SettingsDep) -> FileResponse:

@@ -140,7 +140,7 @@ def build_png(
     response_class=Response,
     responses={
         200: {"content": {PNG: {}}, "description": "The report as a PNG image."},
-        **errors.responses(404, 409),
+        **errors.responses(404, 409, 422),
     },
 )
 async def get_report(estimate_id: str, request: Request, who: Reader) -> Response:
