@@ -425,10 +425,19 @@ def _classify(exc: BaseException) -> JobError:
     if isinstance(exc, ValueError):
         return JobError("invalid_input", str(exc))
     if isinstance(exc, MemoryError):
-        return JobError("out_of_memory", str(exc) or "MemoryError")
+        return JobError(
+            "out_of_memory",
+            f"{str(exc) or 'MemoryError'} (this server caps a job at max_job_memory_bytes)",
+        )
     name = type(exc).__name__
     if "OutOfMemory" in name:
         return JobError("out_of_memory", str(exc))
+    if isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc):
+        # torch's CPU allocator past the process's cap (service.memcap) or the machine's memory
+        return JobError(
+            "out_of_memory",
+            f"{str(exc)[:300]} (this server caps a job at max_job_memory_bytes)",
+        )
     return JobError("internal", f"{name}: {exc}")
 
 

@@ -371,6 +371,7 @@ def main(
 
     from service.blobs import BlobStore
     from service.executors.dramatiq import make_broker
+    from service.memcap import cap_job_process
     from service.runner import preload
     from service.store import Database
 
@@ -380,6 +381,7 @@ def main(
         db.migrate()  # serialised by an advisory lock on PostgreSQL
     blobs = BlobStore(settings.data_dir / "blobs")
     preload()  # after CUDA_VISIBLE_DEVICES is final: imports and first calls, off the first job
+    cap_job_process(settings)  # a CPU worker runs one job at a time: its cap is the job's
     ending = _Ending()
     worker = Worker(settings, db, blobs, make_broker(settings), on_stuck=ending.stuck)
     return _serve(worker, ending)

@@ -43,10 +43,12 @@ def child_main(
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     from service.logs import setup_logging
+    from service.memcap import cap_job_process
     from service.runner import preload, run_job
 
     settings = Settings(_env_file=None, **settings_data)
     setup_logging(settings.log_level)
+    cap_job_process(settings)  # one job cannot take the machine (CPU jobs: RLIMIT_DATA)
     if job is None and conn is not None:
         preload()
         try:
