@@ -47,6 +47,7 @@ log = logging.getLogger("lipwass.api.datasets")
 
 #: Two datasets as the routes answer them: a CSV upload with a header, and a JSON upload
 #: without column names (validated against the model in tests/service/test_openapi_docs.py).
+#: No null member: FastAPI drops them from the OpenAPI document (fastapi/fastapi#5559).
 DATASET_EXAMPLES: list[dict[str, Any]] = [
     {
         "id": "ds_54ae81222061727ac390c18f",
@@ -62,7 +63,7 @@ DATASET_EXAMPLES: list[dict[str, Any]] = [
     },
     {
         "id": "ds_6e785a40406bc19ac9188b0f",
-        "name": None,
+        "name": "toy",
         "n": 3,
         "d": 2,
         "dtype": "float64",
