@@ -463,12 +463,14 @@ class FeatureResult(BaseModel):
         "(scaled ones under a scale)."
     )
     attribution: float | None = Field(
+        None,
         description="Share of the potential's squared gradient on this feature (sums to 1); "
-        "null for method exact."
+        "null for method exact.",
     )
     direction: float | None = Field(
+        None,
         description="Mean signed gradient component in [-1, 1]: > 0 means the target lies at "
-        "larger values of this feature; null for method exact."
+        "larger values of this feature; null for method exact.",
     )
 
 
