@@ -19,6 +19,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.quotas import UploadRate
 from service.settings import Settings
 from service.store import Database
+from service.watch import Watcher
 from service.web import install as install_web
 
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     app.state.db = db
     app.state.auth = Authenticator(db, parse_env_keys(settings.api_keys), settings.auth_cache_s)
     app.state.upload_rate = UploadRate(settings.max_uploads_per_minute)
+    app.state.watcher = Watcher(db, settings.events_poll_s)
     app.state.blobs = blobs
     app.state.executor = executor
     app.state.metrics = Metrics(db)

@@ -138,7 +138,7 @@ class Settings(BaseSettings):
 
     # Estimate routes (service/api/estimates.py).
     events_poll_s: float = Field(
-        0.25, gt=0, description="How often an SSE stream of /events polls the job row."
+        0.25, gt=0, description="How often the one poller of /events streams reads their jobs."
     )
     estimate_retry_after_s: int = Field(
         1, ge=1, description="Retry-After (seconds) on a queued or running estimate."

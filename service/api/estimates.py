@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import anyio
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -52,6 +51,7 @@ from service.problems import ProblemError, invalid_field
 from service.settings import Settings
 from service.store import EstimateRow
 from service.store import estimates as rows
+from service.watch import Watcher
 
 router = APIRouter(prefix="/v1/estimates", tags=["estimates"])
 log = logging.getLogger("lipwass.api.estimates")
@@ -228,33 +228,32 @@ def _final_event(row: EstimateRow) -> ServerSentEvent:
     },
 )
 async def estimate_events(
-    row: ExistingRow, request: Request, db: DbDep, settings: SettingsDep
+    row: ExistingRow, request: Request, settings: SettingsDep
 ) -> AsyncIterator[ServerSentEvent]:
     deadline = time.monotonic() + settings.job_timeout_s
     last: dict[str, Any] | None = None
-    estimate_id = row.id
-    while True:
-        if row.status in FINISHED:
-            yield _final_event(row)
-            return
-        if row.progress and row.progress != last:
-            last = row.progress
-            step = str(row.progress.get("step"))
-            yield ServerSentEvent(event="progress", data=row.progress, id=step)
-        if await request.is_disconnected():
-            return
-        if time.monotonic() >= deadline:
-            yield ServerSentEvent(comment="stream time limit reached; reconnect to follow on")
-            return
-        await anyio.sleep(settings.events_poll_s)
-        fresh = await anyio.to_thread.run_sync(rows.get, db, estimate_id)
-        if fresh is None:  # deleted meanwhile
-            yield ServerSentEvent(
-                event="error",
-                data={"id": estimate_id, "status": "deleted", "error": None},
-            )
-            return
-        row = fresh
+    watcher: Watcher = request.app.state.watcher
+    async with watcher.watch(row.id) as sub:
+        while True:
+            if row.status in FINISHED:
+                yield _final_event(row)
+                return
+            if row.progress and row.progress != last:
+                last = row.progress
+                step = str(row.progress.get("step"))
+                yield ServerSentEvent(event="progress", data=row.progress, id=step)
+            while not await sub.changed(timeout=1.0):
+                if await request.is_disconnected():
+                    return
+                if time.monotonic() >= deadline:
+                    yield ServerSentEvent(comment="stream time limit reached; reconnect to follow")
+                    return
+            if sub.row is None:  # deleted meanwhile
+                yield ServerSentEvent(
+                    event="error", data={"id": row.id, "status": "deleted", "error": None}
+                )
+                return
+            row = sub.row
 
 
 @router.post(

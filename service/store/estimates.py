@@ -18,6 +18,13 @@ def get(db: Database, estimate_id: str) -> EstimateRow | None:
         return s.get(EstimateRow, estimate_id)
 
 
+def get_many(db: Database, ids: list[str]) -> dict[str, EstimateRow]:
+    """The rows of ``ids`` that exist, by id, in one query."""
+    with db.session() as s:
+        found = s.execute(select(EstimateRow).where(EstimateRow.id.in_(ids))).scalars()
+        return {row.id: row for row in found}
+
+
 def by_idempotency_key(db: Database, key: str) -> EstimateRow | None:
     with db.session() as s:
         return s.execute(select(EstimateRow).where(EstimateRow.idempotency_key == key)).scalar()
