@@ -88,7 +88,8 @@ def test_flat_samples_are_n_by_one_and_integers_are_floats(tmp_path: Path) -> No
         ('{"samples": [[1], [2]], "weights": [0, 0]}', ("positive",)),
         ('{"samples": [[1], [2]], "weights": [[1], [2]]}', ("flat",)),
         (b'{"samples": [[1]], "x": "\xff"}', ("utf-8",)),
-        ("[" * 100_000, ("malformed",)),
+        ("[" * 100_000, ("object",)),
+        ("{" * 100_000, ("malformed",)),
     ],
 )
 def test_bad_json_is_refused(tmp_path: Path, body: str, words: tuple[str, ...]) -> None:
