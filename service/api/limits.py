@@ -1,10 +1,11 @@
 """A body-size cap for JSON requests, applied before FastAPI parses them.
 
-Uploads (``POST /v1/datasets``) and ``/evaluate`` stream and bound their own bodies; a method
-that takes no body (GET, HEAD, DELETE, OPTIONS) may send none; every other request body is read
-whole by FastAPI, so it is capped here: at once when Content-Length says too much, and while it
-arrives otherwise (chunked bodies: read into memory up to the cap, then replayed). A stalled
-body is cut by the connection guard's body timeout (service/guard.py).
+Uploads (``POST /v1/datasets``) and ``/evaluate`` stream and bound their own bodies. A method
+that takes no body (GET, HEAD, DELETE, OPTIONS) is passed on unread: its route never reads one,
+so nothing is buffered. Every other request body is read whole by FastAPI, so it is capped here:
+at once when Content-Length says too much, and while it arrives otherwise (chunked bodies: read
+into memory up to the cap, then replayed). A stalled body is cut by the connection guard's body
+timeout (service/guard.py).
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _self_bounded(scope["method"], scope["path"]):
+        bodiless = scope.get("method") in BODILESS
+        if scope["type"] != "http" or bodiless or _self_bounded(scope["method"], scope["path"]):
+            # GET, HEAD, DELETE: their routes read no body, so none is buffered (uvicorn stops
+            # reading past its small high-water mark; the guard's body timeout cuts a stall).
             await self.app(scope, receive, send)
             return
-        limit = 0 if scope["method"] in BODILESS else self.limit
+        limit = self.limit
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await self._reject(scope, receive, send, limit)
@@ -62,10 +66,6 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        detail = (
-            f"{scope['method']} takes no request body"
-            if limit == 0
-            else f"request bodies are limited to {limit} bytes (max_request_bytes)"
-        )
+        detail = f"request bodies are limited to {limit} bytes (max_request_bytes)"
         response = problem_response(problem_of("body-too-large", detail))
         await response(scope, receive, send)

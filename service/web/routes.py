@@ -22,7 +22,7 @@ router = APIRouter(include_in_schema=False)
 
 #: Content-Security-Policy of the page: nothing but this origin, no inline script or style.
 PAGE_CSP = (
-    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; "
+    "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'self'; "
     "form-action 'self'; frame-ancestors 'self'"
 )
 #: Of the docs: Swagger UI's page starts it with an inline script, ReDoc styles inline and
@@ -47,7 +47,12 @@ def _json_island(value: object) -> str:
 
 def _page(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "").rstrip("/")
-    boot = {"root": root, "config_defaults": EstimatorConfig().to_dict()}
+    auth = getattr(request.app.state, "auth", None)
+    boot = {
+        "root": root,
+        "config_defaults": EstimatorConfig().to_dict(),
+        "auth": bool(auth is not None and auth.enabled),  # ask for a key
+    }
     html = _page_template().replace("{{root}}", root).replace("{{boot}}", _json_island(boot))
     return HTMLResponse(
         html, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP}

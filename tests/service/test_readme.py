@@ -278,3 +278,17 @@ def test_parser_sees_markers_indentation_and_output_blocks() -> None:
     assert (b1.kind, b1.skip, b1.line) == ("sh", "needs a Docker engine", 4)
     assert (b2.kind, b2.skip) == (None, None)
     assert (b3.kind, b3.code, b3.skip) == ("sh", "echo hi\n", None)
+
+
+def test_settings_table_is_every_setting_with_its_default() -> None:
+    """The README's Settings table names every field of Settings, with its real default."""
+    from service.settings import Settings
+
+    text = README.read_text()
+    rows = dict(re.findall(r"^\| `(LIPWASS_[A-Z0-9_]+)` \| ([^|]+) \|", text, re.M))
+    fields = {"LIPWASS_" + n.upper(): f.default for n, f in Settings.model_fields.items()}
+    assert set(rows) == set(fields), (set(fields) - set(rows), set(rows) - set(fields))
+    for env, default in fields.items():
+        shown = rows[env].strip()
+        expected = "unset" if default is None else f"`{default}`"
+        assert shown == expected, (env, shown, expected)

@@ -335,3 +335,55 @@ def _scenario(server: Server, b: WebDriver, tmp_path: Path) -> None:
     open_page(b, server.url + "/estimates/est_nope")
     wait(b, lambda: visible(b, "#job-problem"), what="not-found problem")
     assert "not found" in text(b, "#job-problem").lower()
+
+
+KEY = "web-" + "k" * 40
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("web-keyed")
+    env = {**WEB_ENV, "LIPWASS_API_KEYS": f"team:read+write:{KEY}"}
+    s = Server(tmp / "data", tmp / "server.log", env)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.kill()
+
+
+def test_a_server_with_keys_asks_for_one_and_the_page_works_with_it(
+    keyed_server: Server, browser: WebDriver, tmp_path: Path
+) -> None:
+    """Upload, follow (SSE read with the key), result and picture, all sent with the key."""
+    b = browser
+    try:
+        rng = np.random.default_rng(1)
+        np.save(tmp_path / "x.npy", rng.normal(size=(60, 2)))
+        np.save(tmp_path / "y.npy", rng.normal(size=(60, 2)) + [1.0, 0.0])
+        foreign_requests(b, keyed_server.url)  # drop the log of the tests before
+        open_page(b, keyed_server.url + "/")
+        assert visible(b, "#key-form")
+        # Without the key: the server's own word, not a broken page.
+        wait(b, lambda: "API key" in b.find_element(By.TAG_NAME, "body").text)
+        set_field(b, "api-key", KEY)
+        b.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait(b, lambda: text(b, "#key-state") == "key set", what="key taken")
+        assert upload(b, "source", tmp_path / "x.npy").startswith("ds_")
+        assert upload(b, "target", tmp_path / "y.npy").startswith("ds_")
+        set_field(b, "cfg-steps", str(SHORT_STEPS))
+        set_field(b, "config-extra", json.dumps(TINY))
+        b.find_element(By.ID, "submit").click()
+        wait(b, lambda: "/estimates/est_" in b.current_url, what="navigated to the job")
+        wait(b, lambda: job_status(b) in ("succeeded", "failed"), timeout=90, what="finished")
+        assert job_status(b) == "succeeded", text(b, "#job")
+        wait(b, lambda: js(b, "return document.getElementById('report-img').naturalWidth") > 0)
+        # The shared URL in this tab (the key stays for the tab): the same result.
+        open_page(b, b.current_url)
+        wait(b, lambda: job_status(b) == "succeeded", what="reloaded result")
+        save_shot(b, tmp_path / "keyed.png")
+        assert foreign_requests(b, keyed_server.url) == []
+    except BaseException:
+        save_shot(b, tmp_path / "keyed-failure.png")
+        print(f"page text:\n{b.find_element(By.TAG_NAME, 'body').text}\n{keyed_server.tail()}")
+        raise

@@ -7,6 +7,10 @@ const boot = JSON.parse(document.getElementById("lipwass-boot").textContent);
 const ROOT = boot.root || "";
 const CONFIG_DEFAULTS = boot.config_defaults || {};
 const api = (path) => ROOT + path;
+// API key: asked for when the server has keys (boot.auth); kept for this browser tab only.
+const KEY_STORE = "lipwass-api-key";
+let apiKey = sessionStorage.getItem(KEY_STORE) || "";
+const authHeaders = () => (apiKey ? { Authorization: `Bearer ${apiKey}` } : {});
 const $ = (sel, el = document) => el.querySelector(sel);
 const HISTORY_PAGE = 10;
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
@@ -120,7 +124,8 @@ function problemFromText(status, statusText, text) {
 async function request(path, options = {}) {
   let resp;
   try {
-    resp = await fetch(api(path), { headers: { Accept: "application/json" }, ...options });
+    const headers = { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) };
+    resp = await fetch(api(path), { ...options, headers });
   } catch (err) {
     throw new Problem({ title: "The server could not be reached", detail: String(err) });
   }
@@ -337,6 +342,7 @@ class UploadSlot {
     xhr.open("POST", api(`/v1/datasets${q ? `?${q}` : ""}`));
     xhr.setRequestHeader("Content-Type", contentTypeOf(file));
     xhr.setRequestHeader("Accept", "application/json");
+    if (apiKey) xhr.setRequestHeader("Authorization", `Bearer ${apiKey}`);
     this.dsid.value = "";
     this.summary.textContent = "";
     showProblem(this.problem, null);
@@ -596,28 +602,69 @@ function follow(est) {
   const cancel = $("#cancel");
   cancel.disabled = !!est.cancel_requested;
   cancel.textContent = est.cancel_requested ? "Cancelling…" : "Cancel";
-  const events = new EventSource(api(`/v1/estimates/${encodeURIComponent(id)}/events`));
+  let ended = false;
+  const events = openEvents(api(`/v1/estimates/${encodeURIComponent(id)}/events`), {
+    event(kind, data) {
+      if (current.id !== id) return;
+      if (kind === "progress") {
+        $("#job").dataset.status = "running";
+        showProgress({ status: "running" }, JSON.parse(data));
+      } else if (kind === "result" || kind === "error") {
+        ended = true;
+        events.close();
+        showFinal(JSON.parse(data));
+        loadHistory();
+      }
+    },
+    lost() {
+      // The stream is gone before the job's end: ask for the estimate again.
+      if (!ended && current.id === id) setTimeout(() => current.id === id && openEstimate(id), 2000);
+    },
+  });
   current.events = events;
-  events.addEventListener("progress", (e) => {
-    if (current.id !== id) return;
-    $("#job").dataset.status = "running";
-    showProgress({ status: "running" }, JSON.parse(e.data));
-  });
-  const final = (e) => {
-    if (current.id !== id) return;
-    events.close();
-    showFinal(JSON.parse(e.data));
-    loadHistory();
-  };
-  events.addEventListener("result", final);
-  events.addEventListener("error", (e) => {
-    if (e.data) {
-      final(e); // the server's `error` event: the failed or cancelled estimate
-    } else if (events.readyState === EventSource.CLOSED && current.id === id) {
-      // The stream is gone and will not come back by itself: ask for the estimate again.
-      setTimeout(() => current.id === id && openEstimate(id), 2000);
+}
+
+// Server-Sent Events read with fetch (EventSource sends no Authorization header).
+function openEvents(url, handlers) {
+  const ctrl = new AbortController();
+  (async () => {
+    let resp;
+    try {
+      resp = await fetch(url, { headers: { Accept: "text/event-stream", ...authHeaders() }, signal: ctrl.signal });
+    } catch {
+      if (!ctrl.signal.aborted) handlers.lost();
+      return;
     }
-  });
+    if (!resp.ok || !resp.body) {
+      handlers.lost();
+      return;
+    }
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n?/g, "\n");
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          let kind = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) kind = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (data.length) handlers.event(kind, data.join("\n"));
+        }
+      }
+    } catch {
+      // aborted, or the connection dropped
+    }
+    if (!ctrl.signal.aborted) handlers.lost();
+  })();
+  return { close: () => ctrl.abort() };
 }
 
 async function cancelCurrent() {
@@ -739,8 +786,23 @@ function showFinal(est) {
     fig.dataset.state = "none";
     fig.hidden = true;
   };
-  img.src = src;
   $("#report-link").href = src;
+  if (!apiKey) {
+    img.src = src;
+  } else {
+    // An <img> sends no Authorization header: fetch the picture, show it from memory.
+    fetch(src, { headers: authHeaders() })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
+      .then((blob) => {
+        const link = $("#report-link");
+        if (link.dataset.blob) URL.revokeObjectURL(link.dataset.blob);
+        const url = URL.createObjectURL(blob);
+        link.dataset.blob = url;
+        link.href = url;
+        img.src = url;
+      })
+      .catch(() => img.onerror());
+  }
   $("#raw").textContent = JSON.stringify(r, null, 2);
   result.hidden = false;
 }
@@ -808,7 +870,27 @@ function route() {
   }
 }
 
+function setupKey() {
+  const form = $("#key-form");
+  if (!boot.auth) return;
+  form.hidden = false;
+  const input = $("#api-key");
+  input.value = apiKey;
+  $("#key-state").textContent = apiKey ? "key set" : "no key yet";
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    apiKey = input.value.trim();
+    if (apiKey) sessionStorage.setItem(KEY_STORE, apiKey);
+    else sessionStorage.removeItem(KEY_STORE);
+    $("#key-state").textContent = apiKey ? "key set" : "no key yet";
+    loadHistory();
+    route();
+  });
+  if (!apiKey) input.focus();
+}
+
 async function start() {
+  setupKey();
   $("#cancel").addEventListener("click", cancelCurrent);
   $("#history-newer").addEventListener("click", () => loadHistory(Math.max(0, historyOffset - HISTORY_PAGE)));
   $("#history-older").addEventListener("click", () => loadHistory(historyOffset + HISTORY_PAGE));
