@@ -242,12 +242,11 @@ async def estimate_events(
                 last = row.progress
                 step = str(row.progress.get("step"))
                 yield ServerSentEvent(event="progress", data=row.progress, id=step)
-            while not await sub.changed(timeout=1.0):
-                if await request.is_disconnected():
-                    return
-                if time.monotonic() >= deadline:
-                    yield ServerSentEvent(comment="stream time limit reached; reconnect to follow")
-                    return
+            # No polling of our own: the watcher wakes us on a change, and the response ends
+            # this generator when the client goes (sse-starlette listens for the disconnect).
+            while not await sub.changed(timeout=max(0.0, deadline - time.monotonic())):
+                yield ServerSentEvent(comment="stream time limit reached; reconnect to follow")
+                return
             if sub.row is None:  # deleted meanwhile
                 yield ServerSentEvent(
                     event="error", data={"id": row.id, "status": "deleted", "error": None}
