@@ -48,7 +48,7 @@ log = logging.getLogger("lipwass.api.datasets")
 #: Two datasets as the routes answer them: a CSV upload with a header, and a JSON upload
 #: without column names (validated against the model in tests/service/test_openapi_docs.py).
 #: No null member: FastAPI drops them from the OpenAPI document (fastapi/fastapi#5559).
-DATASET_EXAMPLES: list[dict[str, Any]] = [
+DATASET_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {
         "id": "ds_54ae81222061727ac390c18f",
         "name": "before",

@@ -35,7 +35,7 @@ TARGET_EXAMPLE = "ds_5ff92435ec9e7cfcb299f485"
 ESTIMATE_ID_EXAMPLE = "est_d67d5d2f6bdbe90b84799d29"
 CONFIG_EXAMPLE: dict[str, Any] = EstimatorConfig().to_dict()
 
-REQUEST_EXAMPLES: list[dict[str, Any]] = [
+REQUEST_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {"source": SOURCE_EXAMPLE, "target": TARGET_EXAMPLE},
     {
         "source": SOURCE_EXAMPLE,
@@ -52,7 +52,7 @@ REQUEST_EXAMPLES: list[dict[str, Any]] = [
     {"source": SOURCE_EXAMPLE, "target": TARGET_EXAMPLE, "method": "exact"},
 ]
 
-PROGRESS_EXAMPLES: list[dict[str, Any]] = [
+PROGRESS_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {
         "step": 370,
         "total_steps": 1000,
@@ -63,7 +63,7 @@ PROGRESS_EXAMPLES: list[dict[str, Any]] = [
     {"step": 470, "total_steps": 470, "objective": 0.456306, "elapsed_s": 4.61, "phase": "exact"},
 ]
 
-RESULT_EXAMPLES: list[dict[str, Any]] = [
+RESULT_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {
         "method": "lipschitz",
         "verdict": {
@@ -165,7 +165,7 @@ RESULT_EXAMPLES: list[dict[str, Any]] = [
     },
 ]
 
-JOB_ERROR_EXAMPLES: list[dict[str, Any]] = [
+JOB_ERROR_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {
         "type": "timeout",
         "title": "The job ran too long",
@@ -203,7 +203,7 @@ _STARTED = {"attempt": 1, "started_at": "2026-12-03T12:16:06.613902Z"}
 
 #: The estimate as each route answers it: first the finished job (GET), then the job as POST
 #: answers it (queued), a running one (progress), and a failed one (error).
-ESTIMATE_EXAMPLES: list[dict[str, Any]] = [
+ESTIMATE_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {
         **_QUEUED,
         **_STARTED,
@@ -245,11 +245,11 @@ EVENTS_EXAMPLE = "".join(
     ]
 )
 
-EVALUATE_REQUEST_EXAMPLES: list[dict[str, Any]] = [
+EVALUATE_REQUEST_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {"points": [[0.0, 0.0], [0.5, 0.0], [1.0, 1.0]], "gradient": True},
     {"points": [[0.0, 0.0], [0.5, 0.0]]},
 ]
-EVALUATE_RESPONSE_EXAMPLES: list[dict[str, Any]] = [
+EVALUATE_RESPONSE_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
     {
         "values": [0.236799, -0.253858, -0.94821],
         "gradients": [[-0.979407, -0.200424], [-0.982865, -0.182865], [-0.980073, -0.194791]],
