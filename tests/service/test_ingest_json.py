@@ -124,3 +124,25 @@ def test_weights_twice_are_refused(tmp_path: Path) -> None:
 def test_integers_within_range_are_floats(tmp_path: Path) -> None:
     ds, stored = run(tmp_path, '{"samples": [[1, 123456789012345678901234567890]]}')
     assert stored.tolist() == [[1.0, 1.2345678901234568e29]]
+
+
+def test_a_large_document_costs_about_its_own_size(tmp_path: Path) -> None:
+    """Streamed into a float64 buffer: the peak is under the body's size (json.load's lists
+    took about 6x the body, and the whole request path 25x)."""
+    import tracemalloc
+
+    a = np.random.default_rng(0).normal(size=(200_000, 3)).round(6)
+    body = json.dumps({"samples": a.tolist()}).encode()
+    path = tmp_path / "big.json"
+    path.write_bytes(body)
+    tracemalloc.start()
+    try:
+        parsed = JSON.parse(path, LIMITS_BIG, ingest.Options())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (parsed.n, parsed.d) == (200_000, 3)
+    assert peak < len(body), (peak, len(body))
+
+
+LIMITS_BIG = ingest.Limits(max_n=1_000_000, max_d=8)
