@@ -19,10 +19,11 @@ class EstimatorConfig:
 
     width, depth: hidden width (even for "maxmin") and number of hidden layers.
     activation: "maxmin" (GroupSort-2) or "fullsort".
-    steps: the most training steps; training may stop earlier (patience / tolerance).
+    steps: the most training steps; training may stop earlier (patience / tolerance), and runs
+        beyond ``cycle_steps`` only while the objective still climbs (below).
     batch_size: samples drawn per set and step (by weight, with replacement); when a training set
         has at most this many samples, the whole set is used with its weights (exact gradient).
-    lr, lr_final: Adam's learning rate, decayed (cosine) to lr * lr_final over ``steps``.
+    lr, lr_final: Adam's learning rate, decayed (cosine) to lr * lr_final over each cycle.
     ortho_iters: Björck iterations (with gradient) per training step.
     reproject_iters: extra Björck iterations (no grad) on the raw weights after each step, on top
         of the warm start (the raw weights take the last orthonormalised value + the update).
@@ -36,6 +37,12 @@ class EstimatorConfig:
         the validation checks judge and that is kept; 0 judges and keeps the raw iterates.
     permutations: random relabellings of the held-out samples in the two-sample test.
     min_steps: never stop before this many steps.
+    cycle_steps, extend_gain: training runs in cycles of ``cycle_steps`` steps (each a cosine
+        decay of the learning rate; later ones a warm restart from a lower rate), and another
+        cycle follows, up to ``steps`` in all, only when the judged objective rose by more than
+        ``extend_gain`` (relative) over the second half of the cycle just ended. With patience 0
+        (never stop early) one cycle of ``steps`` steps. A run that stops within its first cycle
+        is unchanged by them; the hard ones (many sharp features) use the extra steps.
     smoothing: weight of the newest batch objective in the exponential moving average.
     progress_every: the callback's period in steps.
     eval_chunk: rows per chunk when evaluating all samples in float64 (memory bound).
@@ -48,16 +55,18 @@ class EstimatorConfig:
         (ignored, with a warning, off CUDA).
     """
 
-    width: int = 128
-    depth: int = 3
+    width: int = 64
+    depth: int = 6
     activation: str = "maxmin"
-    steps: int = 1000
+    steps: int = 4000
     batch_size: int = 1024
     lr: float = 3e-3
     lr_final: float = 0.01
     ortho_iters: int = 1
     reproject_iters: int = 0
     patience: int = 200
+    cycle_steps: int = 1000
+    extend_gain: float = 0.01
     tolerance: float = 1e-4
     min_steps: int = 200
     smoothing: float = 0.05
@@ -81,6 +90,7 @@ class EstimatorConfig:
             "ortho_iters": 1,
             "reproject_iters": 0,
             "patience": 0,
+            "cycle_steps": 1,
             "min_steps": 0,
             "progress_every": 1,
             "eval_chunk": 1,
@@ -93,7 +103,15 @@ class EstimatorConfig:
                 raise ConfigError(name, f"config.{name}: expected an integer, got {v!r}")
             if v < low:
                 raise ConfigError(name, f"config.{name}: must be >= {low}, got {v}")
-        for name in ("lr", "lr_final", "tolerance", "smoothing", "validation", "averaging"):
+        for name in (
+            "lr",
+            "lr_final",
+            "tolerance",
+            "smoothing",
+            "validation",
+            "averaging",
+            "extend_gain",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ConfigError(name, f"config.{name}: expected a finite number, got {v!r}")
@@ -115,6 +133,10 @@ class EstimatorConfig:
         if not 0 <= self.validation < 1:
             raise ConfigError(
                 "validation", f"config.validation: must be in [0, 1), got {self.validation}"
+            )
+        if self.extend_gain < 0:
+            raise ConfigError(
+                "extend_gain", f"config.extend_gain: must be >= 0, got {self.extend_gain}"
             )
         if self.tolerance < 0:
             raise ConfigError("tolerance", f"config.tolerance: must be >= 0, got {self.tolerance}")
@@ -147,7 +169,15 @@ class EstimatorConfig:
         if unknown:
             raise ConfigError("config", f"config: unknown keys {unknown}")
         values = dict(d)
-        for name in ("lr", "lr_final", "tolerance", "smoothing", "validation", "averaging"):
+        for name in (
+            "lr",
+            "lr_final",
+            "tolerance",
+            "smoothing",
+            "validation",
+            "averaging",
+            "extend_gain",
+        ):
             if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
                 values[name] = float(values[name])
         return cls(**values)

@@ -231,6 +231,10 @@ class _Average:
                 torch._foreach_copy_(self.params, current)
 
 
+#: The learning rate of an extension cycle, as a fraction of config.lr (a warm restart).
+RESTART_LR = 0.3
+
+
 def _loop(
     net: LipschitzMLP,
     sx: _Sampler,
@@ -245,8 +249,22 @@ def _loop(
     validation: Validation | None = None,
 ) -> TrainResult:
     """The steps: draw, objective, Adam, warm-start reprojection; a read-back (and the
-    validation check) every progress_every steps only (no host sync in between)."""
-    total = config.steps
+    validation check) every progress_every steps only (no host sync in between).
+
+    Training runs in cycles of ``config.cycle_steps`` steps, each with its cosine decay of the
+    learning rate. A cycle that ends while the judged objective (validation, else the smoothed
+    training objective) still climbs, by more than ``config.extend_gain`` (relative) over the
+    cycle's second half, is followed by another, from ``config.lr * RESTART_LR``, up to
+    ``config.steps`` in all; an extension is not stopped in its first half (the restart may first
+    lose ground; the weights kept are still those of the best check). The steps go where the
+    objective says they pay, and a run that stops within its first cycle is unchanged. With
+    patience 0 (no stopping rule) one cycle of ``config.steps`` steps.
+    """
+    cycle = config.steps if config.patience == 0 else min(config.cycle_steps, config.steps)
+    total = cycle
+    cycle_start, cycle_lr = 0, config.lr
+    mid_value = -math.inf  # the judged objective at the current cycle's midpoint
+    grace = 0  # no stop before patience steps after this one (an extension's first half)
     lr_min = config.lr * config.lr_final
     ema = math.nan
     best = -math.inf
@@ -258,11 +276,13 @@ def _loop(
     kept: dict[str, torch.Tensor] | None = None
     average = _Average(net, config.averaging) if validation is not None else None
     step = 0
-    for step in range(1, total + 1):
+    while step < total:
+        step += 1
         obj = train_step(net, opt, objective, torch.cat([sx.draw(), sy.draw()]), s)
         if average is not None:
             average.update()
-        lr = lr_min + 0.5 * (config.lr - lr_min) * (1 + math.cos(math.pi * step / total))
+        phase = (step - cycle_start) / (total - cycle_start)
+        lr = lr_min + 0.5 * (cycle_lr - lr_min) * (1 + math.cos(math.pi * phase))
         for group in opt.param_groups:
             group["lr"] = lr
         # A CUDA graph's output is overwritten by its next replay: keep a copy.
@@ -280,6 +300,7 @@ def _loop(
             ema = v if math.isnan(ema) else ema + config.smoothing * (v - ema)
             if best == -math.inf or ema > best + config.tolerance * max(abs(best), abs(ema)):
                 best, best_step = ema, k
+        judged = best
         if validation is not None and average is not None:
             with average.applied():
                 val = validation.objective(net) * unit
@@ -288,10 +309,20 @@ def _loop(
                 if best_val == -math.inf or val > best_val + config.tolerance * abs(best_val):
                     best_val, best_val_step = val, step
                     kept = {k: t.detach().clone() for k, t in net.state_dict().items()}
-            best_step = best_val_step
+            best_step, judged = best_val_step, best_val
         stop = (
-            config.patience > 0 and step >= config.min_steps and step - best_step >= config.patience
+            config.patience > 0
+            and step >= config.min_steps
+            and step - max(best_step, grace) >= config.patience
         )
+        if mid_value == -math.inf and 2 * (step - cycle_start) >= total - cycle_start:
+            mid_value = judged
+        if step == total and not stop and total < config.steps:
+            gain = (judged - mid_value) / max(abs(judged), 1e-300)
+            if gain > config.extend_gain:
+                cycle_start, total = total, min(total + cycle, config.steps)
+                cycle_lr, mid_value = config.lr * RESTART_LR, -math.inf
+                grace = (cycle_start + total) // 2  # the restart may first lose ground
         history.append((step, ema))
         if callback is not None:
             callback(Progress(step, total, ema, time.perf_counter() - start))

@@ -66,7 +66,7 @@ def test_submit_answers_202_with_location_and_hands_the_job_over(api, recording)
         0.2,
         0,
     )
-    assert body["config"]["width"] == 16 and body["config"]["depth"] == 3  # defaults filled in
+    assert body["config"]["width"] == 16 and body["config"]["depth"] == 6  # defaults filled in
     assert body["result"] is None and body["progress"] is None and body["attempt"] == 0
     assert recording.submitted == [body["id"]]
     g = api.get(r.headers["location"])
@@ -82,9 +82,9 @@ def test_submit_answers_202_with_location_and_hands_the_job_over(api, recording)
         ({"target": "OTHER_D"}, "target"),
         ({"config": {"widht": 16}}, "config"),
         ({"config": {"width": 15}}, "config.width"),  # maxmin needs an even width
-        ({"config": {"steps": 2001}}, "config.steps"),  # over the server's max_steps
+        ({"config": {"steps": 4001}}, "config.steps"),  # over the server's max_steps
         ({"config": {"width": 130}}, "config.width"),  # over max_width
-        ({"config": {"depth": 4}}, "config.depth"),
+        ({"config": {"depth": 7}}, "config.depth"),
         ({"config": {"batch_size": 2049}}, "config.batch_size"),
         ({"config": {"steps": "many"}}, "config.steps"),
         ({"config": {"ortho_iters": 51}}, "config.ortho_iters"),
@@ -114,9 +114,9 @@ def test_submit_rejects_bad_requests_naming_the_field(
 ):
     limited = settings.model_copy(
         update={
-            "max_steps": 2000,
+            "max_steps": 4000,
             "max_width": 128,
-            "max_depth": 3,
+            "max_depth": 6,
             "max_batch_size": 2048,
             "exact_max_pairs": 100,
         }
@@ -158,7 +158,7 @@ def test_idempotency_key_replays_the_same_job_and_refuses_another_body(api, reco
     # The same request written differently (defaults spelled out) is the same request.
     again = api.post(
         "/v1/estimates",
-        json={**body, "method": "auto", "config": {"width": 128}},
+        json={**body, "method": "auto", "config": {"width": 64}},
         headers=key,
     )
     assert first.status_code == again.status_code == 202
