@@ -1,9 +1,10 @@
 """docker-compose.yml, .env.example and the Dockerfiles: valid and as the deployment issue asks.
 
-No Docker engine runs here, so the compose file is checked against the Compose specification's
-JSON schema (the copy check-jsonschema ships, licence Apache-2.0: no network at test time) and
-the properties the deployment relies on are asserted one by one, for each profile: "gpu" (the
-default, through COMPOSE_PROFILES in .env.example) and "cpu" (no GPU anywhere).
+The static half: the compose file is checked against the Compose specification's JSON schema
+(the copy check-jsonschema ships, licence Apache-2.0: no network at test time) and the
+properties the deployment relies on are asserted one by one, for each profile: "gpu" (the
+default, through COMPOSE_PROFILES in .env.example) and "cpu" (no GPU anywhere). Fast, and with
+no engine. tests/deploy builds the images and runs the stack under a Docker engine.
 """
 
 from __future__ import annotations
@@ -105,20 +106,65 @@ def test_profiles_gpu_by_default_and_only_the_workers_have_one(compose) -> None:
     assert env_example()["COMPOSE_PROFILES"] == "gpu"
 
 
-def test_cpu_worker_requests_no_gpu_and_builds_cpu_torch(compose) -> None:
-    cpu = compose["services"]["worker-cpu"]
+def test_cpu_worker_requests_no_gpu_and_shares_the_api_build(compose) -> None:
+    services = compose["services"]
+    cpu = services["worker-cpu"]
     text = json.dumps(cpu).lower()
     assert "deploy" not in cpu and "gpus" not in cpu and "runtime" not in cpu
     assert "nvidia" not in text and "devices" not in text and "cuda" not in text
     assert cpu["environment"]["LIPWASS_DEVICE"] == "cpu"
-    assert cpu["build"]["dockerfile"] == compose["services"]["worker"]["build"]["dockerfile"]
-    args = cpu["build"]["args"]
-    assert args["BASE_IMAGE"].startswith("ubuntu:")
-    assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    # The API's Dockerfile and arguments (its defaults: CPU torch), target worker: the two images
+    # share every layer.
+    api = services["api"]["build"]
+    assert (
+        cpu["build"]["dockerfile"] == api["dockerfile"] == services["worker"]["build"]["dockerfile"]
+    )
+    assert cpu["build"].get("args", {}) == api.get("args", {}) == {}
+    assert (cpu["build"]["target"], api["target"]) == ("worker", "api")
+    assert services["worker"]["build"]["target"] == "worker"
+    images = {services[n]["image"] for n in ("api", "worker", "worker-cpu")}
+    assert len(images) == 3  # none overwrites another
+
+
+def test_gpu_worker_builds_on_cuda_with_cuda_torch(compose) -> None:
+    args = compose["services"]["worker"]["build"]["args"]
+    assert re.fullmatch(r"nvidia/cuda:[\d.]+-runtime-ubuntu\S+", args["BASE_IMAGE"])
+    cuda = re.search(r":(\d+)\.(\d+)", args["BASE_IMAGE"])
+    assert cuda
+    # The torch wheels' CUDA is the base image's (cu128 on 12.8.x).
+    assert args["TORCH_INDEX"] == f"https://download.pytorch.org/whl/cu{cuda[1]}{cuda[2]}"
     dockerfile = (ROOT / compose["services"]["worker"]["build"]["dockerfile"]).read_text()
     for arg in args:  # an argument the Dockerfile does not declare would be silently ignored
         assert re.search(rf"^ARG {arg}=", dockerfile, re.M), arg
-    assert cpu["image"] != compose["services"]["worker"]["image"]  # neither overwrites the other
+
+
+def test_compose_1_29_can_read_the_file(compose) -> None:
+    """Compose 1.29 (Debian 12's and Ubuntu 22.04's docker-compose) rejects a top-level name and
+    the long form of env_file; tests/deploy runs the stack under it."""
+    assert "name" not in compose and "version" not in compose
+    for name, svc in compose["services"].items():
+        if "env_file" in svc:
+            assert isinstance(svc["env_file"], str), name
+    assert env_example()["COMPOSE_PROJECT_NAME"] == "lipwass"
+
+
+def test_local_override_builds_every_image_from_the_debian_base(compose) -> None:
+    local = yaml.safe_load((ROOT / "tests" / "deploy" / "compose.local.yml").read_text())
+    assert set(local["services"]) == {"postgres", "redis", "migrate", "api", "worker-cpu"}
+    for name, svc in local["services"].items():
+        assert svc["build"]["args"]["BASE_IMAGE"].startswith("${LIPWASS_DEBIAN_IMAGE:-"), name
+        dockerfile = (ROOT / svc["build"]["dockerfile"]).read_text()
+        for arg in svc["build"]["args"]:
+            assert re.search(rf"^ARG {arg}=", dockerfile, re.M), (name, arg)
+        if name in compose["services"] and "build" in compose["services"][name]:
+            assert svc["build"]["target"] == compose["services"][name]["build"]["target"]
+            assert svc["build"]["args"]["PIP_NO_INDEX"] == "1"
+    # The stand-ins keep the official images' volume paths.
+    assert local["services"]["postgres"]["image"] != compose["services"]["postgres"]["image"]
+    assert (
+        'VOLUME ["/var/lib/postgresql/data"]' in (ROOT / "docker/Dockerfile.postgres").read_text()
+    )
+    assert 'VOLUME ["/data"]' in (ROOT / "docker/Dockerfile.redis").read_text()
 
 
 def test_redis_is_append_only_and_postgres_keeps_a_volume(compose) -> None:
@@ -162,8 +208,8 @@ def test_blob_volume_is_shared_at_one_path(compose) -> None:
 
 def test_settings_come_from_env_file_and_example_is_safe(compose) -> None:
     for name in ("api", *WORKERS, "migrate"):
-        (entry,) = compose["services"][name]["env_file"]
-        assert entry["path"] == ".env"
+        # .env by default; LIPWASS_ENV_FILE names another (tests/deploy: a file of its own).
+        assert compose["services"][name]["env_file"] == "${LIPWASS_ENV_FILE:-.env}"
     keys = env_example()
     assert keys["LIPWASS_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert keys["LIPWASS_BROKER_URL"].startswith("redis://")
@@ -171,45 +217,73 @@ def test_settings_come_from_env_file_and_example_is_safe(compose) -> None:
     # Every LIPWASS_* key there is a real setting (a typo would be silently ignored).
     known = {f"LIPWASS_{name.upper()}" for name in Settings.model_fields}
     compose_only = {"LIPWASS_API_BIND", "LIPWASS_API_PORTS", "LIPWASS_IMAGE_TAG"}
+    assert keys["LIPWASS_API_KEYS"] == ""  # no well-known key: the operator makes one
     assert {k for k in keys if k.startswith("LIPWASS_")} - known - compose_only == set()
     assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.worker"])
+DOCKERFILES = ["Dockerfile", "Dockerfile.postgres", "Dockerfile.redis"]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfiles_run_as_non_root_with_health_checks_and_no_secrets(name: str) -> None:
     text = (ROOT / "docker" / name).read_text()
     assert re.search(r"^USER [1-9]\d*:[1-9]\d*$", text, re.M)  # numeric: checkable as non-root
     assert re.search(r"^HEALTHCHECK ", text, re.M)
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    assert not re.search(r"PASSWORD|SECRET|TOKEN|LIPWASS_DATABASE_URL", code, re.I)
-    assert re.search(r"pip install \"torch==\$\{TORCH_VERSION\}\" --index-url", text)
-    torch_at = text.index("torch==")
-    assert torch_at < text.index('pip install ".[service]"')  # torch first, then the project
+    assert not re.search(r"PASSWORD|SECRET|TOKEN|LIPWASS_DATABASE_URL|API_KEYS", code, re.I)
+    # The base is an argument (hosts without Docker Hub build on a base of their own).
+    assert re.search(r"^ARG BASE_IMAGE=\S+$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M)
 
 
-def test_images_pick_their_torch_flavour() -> None:
-    api = (ROOT / "docker" / "Dockerfile.api").read_text()
-    worker = (ROOT / "docker" / "Dockerfile.worker").read_text()
-    assert api.startswith("#") and "FROM python:3.11-slim" in api
-    assert "download.pytorch.org/whl/cpu" in api
-    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+-runtime-", worker, re.M)
-    assert re.search(r"TORCH_INDEX=https://download.pytorch.org/whl/cu\d+", worker)
+def stages(text: str) -> dict[str, str]:
+    """The Dockerfile's stages by name: the text from each FROM to the next."""
+    parts = re.split(r"^(?=FROM )", text, flags=re.M)
+    return {re.match(r"FROM \S+ AS (\S+)", p)[1]: p for p in parts[1:]}  # type: ignore[index]
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.worker"])
+def test_the_images_targets_torch_and_wheelhouse() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
+    assert re.search(r"^ARG TORCH_INDEX=https://download\.pytorch\.org/whl/cpu$", text, re.M)
+    st = stages(text)
+    assert list(st)[-1] == "api"  # the default target
+    assert {"worker", "api"} <= set(st)
+    # Both final stages add metadata only (no layer): the API and the CPU worker share them all.
+    for target in ("worker", "api"):
+        assert st[target].startswith("FROM runtime AS")
+        assert not re.search(r"^(RUN|COPY|ADD) ", st[target], re.M), target
+    assert "/service.worker" not in st["api"] and "--check" in st["worker"]
+    assert "/healthz" in st["api"] and 'CMD ["api"]' in st["api"]
+    # torch first (from TORCH_INDEX), then the dependencies, then lipwass without them.
+    deps = st["deps"]
+    assert re.search(
+        r'pip install --find-links /wheels "torch==\$\{TORCH_VERSION\}" --index-url', deps
+    )
+    assert deps.index("torch==") < deps.index("-r /src/requirements.txt")
+    assert "pip install --no-deps --no-index /tmp/dist/*.whl" in st["runtime"]
+    assert "pip check" in st["runtime"]
+    # The wheelhouse is a build stage's only: never in the runtime image.
+    assert "/wheels" not in st["runtime"] + st["api"] + st["worker"]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfiles_copy_paths_that_exist(name: str) -> None:
     text = (ROOT / "docker" / name).read_text()
     sources = [
         src
         for line in text.splitlines()
-        if line.startswith("COPY ")
+        if line.startswith("COPY ") and "--from=" not in line
         for src in [p for p in line.split()[1:-1] if not p.startswith("--")]
     ]
-    assert "docker/entrypoint.sh" in sources
+    assert sources
     for src in sources:
         assert (ROOT / src).exists(), src
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not any(src.split("/")[0] in ignored for src in sources)
+    if name == "Dockerfile":
+        assert "docker/entrypoint.sh" in sources
 
 
 @pytest.mark.parametrize(
