@@ -38,7 +38,7 @@ class EstimatorConfig:
     permutations: random relabellings of the held-out samples in the two-sample test.
     min_steps: never stop before this many steps.
     cycle_steps, extend_gain: training runs in cycles of ``cycle_steps`` steps (each a cosine
-        decay of the learning rate; later ones a warm restart from a lower rate), and another
+        decay of the learning rate; later ones a warm restart), and another
         cycle follows, up to ``steps`` in all, only when the judged objective rose by more than
         ``extend_gain`` (relative) over the second half of the cycle just ended. With patience 0
         (never stop early) one cycle of ``steps`` steps. A run that stops within its first cycle
