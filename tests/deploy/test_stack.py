@@ -329,6 +329,30 @@ def test_an_estimate_through_the_published_port(stack: Stack) -> None:
     STATE.update(source=source, target=target, first=est["id"], w1=result["w1"])
 
 
+def test_a_key_created_with_compose_run_is_accepted(stack: Stack) -> None:
+    """The README's way to keys without .env: `lipwass keys create` in a one-off container."""
+    out = stack.compose(
+        "run",
+        "--rm",
+        "-T",
+        "api",
+        "lipwass",
+        "keys",
+        "create",
+        "--tenant",
+        "ops",
+        "--scopes",
+        "read",
+    )
+    key = out.stdout.strip().splitlines()[-1]
+    assert len(key) >= 32, out.stdout
+    with stack.client(key=key) as c:
+        listed = c.get("/v1/datasets")
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["items"] == []  # another tenant: the e2e tenant's data is not its
+        assert c.post("/v1/datasets", json={"samples": [[0.0]]}).status_code == 403  # read only
+
+
 def start_long_job(c: httpx.Client, seed: int) -> str:
     """A job of some 10 s on this machine, returned once it is running (step 20 or more)."""
     r = c.post(
