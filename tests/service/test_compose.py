@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -280,6 +281,8 @@ def test_dockerfiles_copy_paths_that_exist(name: str) -> None:
     assert sources
     for src in sources:
         assert (ROOT / src).exists(), src
+        if src.endswith(".sh"):  # entry points: COPY keeps the mode git gave them
+            assert os.access(ROOT / src, os.X_OK), src
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not any(src.split("/")[0] in ignored for src in sources)
     if name == "Dockerfile":
