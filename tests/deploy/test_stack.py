@@ -153,8 +153,8 @@ def write_env_file(path: Path, api_key: str) -> None:
         key = line.split("=", 1)[0]
         if key == "POSTGRES_PASSWORD":
             line = f"POSTGRES_PASSWORD={password}"
-        elif key == "LIPWASS_DATABASE_URL":
-            line = line.replace(":change-me@", f":{password}@")
+        elif key == "REDIS_PASSWORD":
+            line = f"REDIS_PASSWORD={secrets.token_urlsafe(16)}"
         elif key in (
             "COMPOSE_PROFILES",
             "COMPOSE_PROJECT_NAME",

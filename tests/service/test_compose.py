@@ -212,9 +212,19 @@ def test_settings_come_from_env_file_and_example_is_safe(compose) -> None:
         # .env by default; LIPWASS_ENV_FILE names another (tests/deploy: a file of its own).
         assert compose["services"][name]["env_file"] == "${LIPWASS_ENV_FILE:-.env}"
     keys = env_example()
-    assert keys["LIPWASS_DATABASE_URL"].startswith("postgresql+psycopg://")
-    assert keys["LIPWASS_BROKER_URL"].startswith("redis://")
-    assert keys["POSTGRES_PASSWORD"] == "change-me"  # a placeholder, never a real secret
+    # No default password anywhere: empty in .env.example, required (:?) where compose uses it.
+    assert keys["POSTGRES_PASSWORD"] == "" and keys["REDIS_PASSWORD"] == ""
+    text = COMPOSE.read_text()
+    assert "${POSTGRES_PASSWORD:-" not in text and "${REDIS_PASSWORD:-" not in text
+    urls = compose["x-store-urls"]
+    assert urls["LIPWASS_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "${POSTGRES_PASSWORD:?" in urls["LIPWASS_DATABASE_URL"]
+    assert urls["LIPWASS_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    for name in ("api", *WORKERS, "migrate"):  # every lipwass process gets both URLs
+        env = compose["services"][name]["environment"]
+        assert {k: env[k] for k in urls} == urls, name
+    redis = compose["services"]["redis"]
+    assert "--requirepass" in redis["command"] and "REDISCLI_AUTH" in redis["environment"]
     # Every LIPWASS_* key there is a real setting (a typo would be silently ignored).
     known = {f"LIPWASS_{name.upper()}" for name in Settings.model_fields}
     compose_only = {"LIPWASS_API_BIND", "LIPWASS_API_PORTS", "LIPWASS_IMAGE_TAG"}
