@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         100 * 1024**3, ge=1, description="Dataset bytes one tenant may keep; beyond: 429."
     )
     max_uploads_per_minute: int = Field(
-        120, ge=1, description="Uploads of one tenant in any 60 s; one more gets 429."
+        600, ge=1, description="Uploads of one tenant in any 60 s; one more gets 429."
     )
     max_job_memory_bytes: int | None = Field(
         None,

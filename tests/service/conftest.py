@@ -36,7 +36,14 @@ class RecordingExecutor:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded settings in a fresh data folder, blind to any .env file."""
-    return Settings(_env_file=None, data_dir=tmp_path / "data", progress_interval_s=0.0)
+    # Property tests upload hundreds of datasets a minute through one app: no upload-rate quota
+    # here (tests/service/test_auth.py tests it with its own settings).
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        progress_interval_s=0.0,
+        max_uploads_per_minute=1_000_000,
+    )
 
 
 @pytest.fixture

@@ -181,7 +181,7 @@ def test_cancel_running_flags_the_worker(db: Database) -> None:
 def test_reap_requeues_fails_and_cancels(db: Database) -> None:
     requeue, exhaust, cancelled, alive = (new_job(db) for _ in range(4))
     for job in (requeue, exhaust, cancelled, alive):
-        assert jobs.claim(db, job, "w", lease_s=30, max_attempts=3) is not None
+        assert jobs.claim(db, job, "w", lease_s=3600, max_attempts=3) is not None
     for _ in range(2):  # exhaust reaches attempt 3 == max_attempts
         expire(db, exhaust)
         assert jobs.claim(db, exhaust, "w", lease_s=30, max_attempts=3) is not None
