@@ -129,13 +129,17 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        """Whether any key exists (then every request but the open routes needs one)."""
+        """Whether any key exists (then every request but the open routes needs one).
+
+        Once on, it stays on for the life of the process: revoking the last key locks every
+        client out instead of opening the service to anyone (a restart reads it afresh).
+        """
         if self.env_keys:
             return True
         now = time.monotonic()
         with self._lock:
             cached = self._enabled
-        if cached is not None and now - cached[1] < self.cache_s:
+        if cached is not None and (cached[0] or now - cached[1] < self.cache_s):
             return cached[0]
         try:
             on = key_rows.active_count(self.db) > 0

@@ -280,3 +280,18 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path, capsys, monkeypat
     assert cli.main(["keys", "--data-dir", data, "create"]) == 0
     assert cli.main(["serve", "--host", "0.0.0.0", "--data-dir", data]) == 0
     assert cli.main(["serve", "--host", "127.0.0.1", "--data-dir", str(tmp_path / "e")]) == 0
+
+
+def test_revoking_the_last_key_locks_out_rather_than_opens(
+    make_client: Callable[..., TestClient], settings: Settings
+) -> None:
+    api = make_client(
+        settings.model_copy(update={"auth_cache_s": 0.0}), executor=RecordingExecutor()
+    )
+    assert api.get("/v1/datasets").status_code == 200  # no key at all: open
+    db = api.app.state.db
+    row, key = key_rows.create(db, "solo", ("read",))
+    assert api.get("/v1/datasets").status_code == 401
+    assert api.get("/v1/datasets", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert key_rows.revoke(db, row.id)
+    assert api.get("/v1/datasets").status_code == 401  # still closed, not open again
