@@ -113,13 +113,36 @@ FAST = ijson.get_backend("yajl2_c") if "yajl2_c" in ijson.ALL_BACKENDS else ijso
 EXACT = ijson.get_backend("python")
 
 
+#: The deepest a valid document goes: {"samples": [[number]]}.
+MAX_DEPTH = 3
+
+
 def _read(path: Path, limits: Limits, backend: Any) -> _Document:
+    """Feed the document's events to a :class:`_Document`, with ijson's prefixes rebuilt from a
+    stack bounded at MAX_DEPTH (ijson's own prefixes grow with the depth: a body of 100 000 "["
+    cost minutes and gigabytes of prefix strings)."""
     doc = _Document(limits)
     feed, max_d = doc.feed, limits.max_d
+    # Each open container: [its own prefix, the prefix of its children].
+    open_: list[list[str]] = []
     with open(path, "rb") as f:
-        for prefix, event, value in backend.parse(f, use_float=True):
-            # The hot path, inlined: one float of a row.
-            if prefix == "samples.item.item" and type(value) is float:
+        for event, value in backend.basic_parse(f, use_float=True):
+            if event == "map_key":
+                own = open_[-1][0]
+                feed(own, event, value)
+                open_[-1][1] = f"{own}.{value}" if own else value
+                continue
+            prefix = open_[-1][1] if open_ else ""
+            if event in ("start_map", "start_array"):
+                feed(prefix, event, value)
+                if len(open_) >= MAX_DEPTH:
+                    raise invalid('malformed JSON: nested deeper than {"samples": [[...]]}')
+                child = (f"{prefix}.item" if prefix else "item") if event == "start_array" else ""
+                open_.append([prefix, child])
+            elif event in ("end_map", "end_array"):
+                feed(open_.pop()[0], event, value)
+            elif prefix == "samples.item.item" and type(value) is float:
+                # The hot path, inlined: one float of a row.
                 row = doc.row
                 row.append(value)
                 if len(row) > max_d:
