@@ -260,9 +260,11 @@ def _loop(
     ``config.steps`` in all; an extension is not stopped in its first half (the restart may first
     lose ground; the weights kept are still those of the best check). The steps go where the
     objective says they pay, and a run that stops within its first cycle is unchanged. With
-    patience 0 (no stopping rule) one cycle of ``config.steps`` steps.
+    patience 0 (no stopping rule), or a patience of at least ``config.steps`` (no early stop
+    possible), one cycle of ``config.steps`` steps: the run goes to its last step.
     """
-    cycle = config.steps if config.patience == 0 else min(config.cycle_steps, config.steps)
+    no_stop = config.patience == 0 or config.patience >= config.steps
+    cycle = config.steps if no_stop else min(config.cycle_steps, config.steps)
     total = cycle
     cycle_start, cycle_lr = 0, config.lr
     mid_value = -math.inf  # the judged objective at the current cycle's midpoint
