@@ -11,6 +11,17 @@ from .accel import check_precision
 from .errors import ConfigError
 from .layers import ACTIVATIONS
 
+#: The knobs that are floats (an integer given for one is taken as that float).
+_FLOAT_FIELDS = (
+    "lr",
+    "lr_final",
+    "tolerance",
+    "smoothing",
+    "validation",
+    "averaging",
+    "extend_gain",
+)
+
 
 @dataclass(frozen=True)
 class EstimatorConfig:
@@ -103,15 +114,7 @@ class EstimatorConfig:
                 raise ConfigError(name, f"config.{name}: expected an integer, got {v!r}")
             if v < low:
                 raise ConfigError(name, f"config.{name}: must be >= {low}, got {v}")
-        for name in (
-            "lr",
-            "lr_final",
-            "tolerance",
-            "smoothing",
-            "validation",
-            "averaging",
-            "extend_gain",
-        ):
+        for name in _FLOAT_FIELDS:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ConfigError(name, f"config.{name}: expected a finite number, got {v!r}")
@@ -169,15 +172,7 @@ class EstimatorConfig:
         if unknown:
             raise ConfigError("config", f"config: unknown keys {unknown}")
         values = dict(d)
-        for name in (
-            "lr",
-            "lr_final",
-            "tolerance",
-            "smoothing",
-            "validation",
-            "averaging",
-            "extend_gain",
-        ):
+        for name in _FLOAT_FIELDS:
             if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
                 values[name] = float(values[name])
         return cls(**values)

@@ -194,11 +194,9 @@ async def get_estimate(estimate_id: str, who: Reader, db: DbDep, settings: Setti
     # ~0.2-0.5 ms, less than the thread-pool hop FastAPI would wrap around a sync route (measured:
     # 500 against 195 requests/s in-process); a networked database is still read off the loop.
     if db.local:
-        row = rows.get(db, estimate_id)
+        row = service.get(db, estimate_id, who.tenant)
     else:
-        row = await run_in_threadpool(rows.get, db, estimate_id)
-    if row is None or row.tenant != who.tenant:
-        raise service.not_found(estimate_id)
+        row = await run_in_threadpool(service.get, db, estimate_id, who.tenant)
     return Response(
         to_model(row).model_dump_json(),
         media_type="application/json",
