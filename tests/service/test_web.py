@@ -51,15 +51,19 @@ def _browser_paths() -> tuple[str, str]:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("web")
-    s = Server(tmp / "data", tmp / "server.log", WEB_ENV)
+def _serving(tmp: Path, env: dict[str, str]) -> Iterator[Server]:
+    """A ready `lipwass serve` in ``tmp`` for a module's tests, killed after them."""
+    s = Server(tmp / "data", tmp / "server.log", env)
     try:
         s.wait_ready()
         yield s
     finally:
         s.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _serving(tmp_path_factory.mktemp("web"), WEB_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -342,14 +346,8 @@ KEY = "web-" + "k" * 40
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("web-keyed")
     env = {**WEB_ENV, "LIPWASS_API_KEYS": f"team:read+write:{KEY}"}
-    s = Server(tmp / "data", tmp / "server.log", env)
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        s.kill()
+    yield from _serving(tmp_path_factory.mktemp("web-keyed"), env)
 
 
 def test_a_server_with_keys_asks_for_one_and_the_page_works_with_it(
