@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from lipcore import EstimatorConfig, estimate_w1
+from lipcore import EstimatorConfig, estimate_w1, evaluate
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -144,10 +144,8 @@ def plan_direction(x: F64, y: F64) -> F64:
 def cosine(potential: torch.nn.Module, x: F64, direction: F64) -> float:
     """Mean cos(-grad f(x), direction): f is high on the source P, u (whose gradient the true
     direction is) on the target Q."""
-    dtype = next(potential.parameters()).dtype
-    z = torch.tensor(x, dtype=dtype, requires_grad=True)
-    (g,) = torch.autograd.grad(potential(z).sum(), z)
-    g = -g.detach().double().numpy()
+    _, grad = evaluate(potential, x, chunk=len(x), grad=True)
+    g = -grad
     num = (g * direction).sum(1)
     den = np.linalg.norm(g, axis=1) * np.linalg.norm(direction, axis=1) + 1e-300
     return float((num / den).mean())
@@ -167,6 +165,7 @@ class Row:
     cos: float
     seconds: float
     steps: int
+    form: str = "network"
 
     @property
     def err_lower(self) -> float:
@@ -201,7 +200,9 @@ def run_cell(
     px, py = funnels.sample_plan(cos_samples, rng)
     cos = cosine(est.potential, px, plan_direction(px, py))
     h = est.holdout.value
-    return Row(dim, n_funnels, seed, w1, se, est.lower_bound, h, cos, est.seconds, est.steps)
+    env = est.envelope
+    form = "network" if env is None or env.side is None else f"{env.side} envelope ({env.anchors})"
+    return Row(dim, n_funnels, seed, w1, se, est.lower_bound, h, cos, est.seconds, est.steps, form)
 
 
 ISSUE_CELLS = ["2x4", "2x16", "2x64", "16x4", "16x16", "16x64"]
@@ -235,9 +236,12 @@ def main() -> None:
         f"config overrides: {overrides or 'none (defaults)'}; n {args.n} per set, holdout"
         f" {args.holdout}, seeds {args.seeds}, pair seed {args.pair_seed}, threads {args.threads}"
     )
-    head = "| D | N | true W1 (se) | lower_bound err % | holdout err % | cos | s/case | steps |"
+    head = (
+        "| D | N | true W1 (se) | lower_bound err % | holdout err % | cos | s/case | steps"
+        " | potential |"
+    )
     print(head)
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     summary: list[Row] = []
     for text in cells:
         dim, k = _cell(text)
@@ -269,7 +273,8 @@ def main() -> None:
             f" {mean([100 * r.err_holdout for r in rows])} |"
             f" {statistics.mean(r.cos for r in rows):.3f} |"
             f" {statistics.mean(r.seconds for r in rows):.1f} |"
-            f" {round(statistics.mean(r.steps for r in rows))} |",
+            f" {round(statistics.mean(r.steps for r in rows))} |"
+            f" {', '.join(sorted({r.form for r in rows}))} |",
             flush=True,
         )
     if args.seeds and len(summary) > 1:

@@ -13,7 +13,7 @@ from .estimate import Estimate, estimate_w1
 from .exact import exact_w1
 from .features import Feature, feature_table
 from .holdout import Holdout
-from .potential import load_potential, read_potential_metadata
+from .potential import input_dim, load_potential, read_potential_metadata
 from .train import Progress
 from .twosample import TwoSampleTest, exact_permutation_test, permutation_test
 from .validation import normalised_weights
@@ -37,6 +37,7 @@ __all__ = [
     "exact_permutation_test",
     "exact_w1",
     "feature_table",
+    "input_dim",
     "load_potential",
     "normalised_weights",
     "permutation_test",

@@ -24,16 +24,26 @@ Rows = np.ndarray | torch.Tensor
 
 
 def lipschitz_constant(model: nn.Sequential) -> float:
-    """Product of the exact float64 spectral norms of the Linear weights (activations are
-    1-Lipschitz): an upper bound of the model's Lipschitz constant."""
-    norms = [spectral_norm_exact(m.weight) for m in model if isinstance(m, nn.Linear)]
+    """Product of the exact float64 spectral norms of the Linear weights and of the constants of
+    modules that state theirs (``lipschitz``: an envelope's is exactly 1); activations are
+    1-Lipschitz. An upper bound of the model's Lipschitz constant."""
+    norms: list[float] = []
+    for m in model:
+        if isinstance(m, nn.Linear):
+            norms.append(spectral_norm_exact(m.weight))
+        elif isinstance(stated := getattr(m, "lipschitz", None), float):
+            norms.append(stated)
     return math.prod(norms)
 
 
 def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """The device and dtype of the model's parameters (CPU, float64 for a model without any)."""
+    """The device and dtype of the model's parameters, else of its floating buffers (CPU,
+    float64 for a model without either)."""
     for p in model.parameters():
         return p.device, p.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
     return torch.device("cpu"), torch.float64
 
 

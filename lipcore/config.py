@@ -58,6 +58,9 @@ class EstimatorConfig:
     progress_every: the callback's period in steps.
     eval_chunk: rows per chunk when evaluating all samples in float64 (memory bound).
     grad_samples: samples (per set) on which the gradient-norm quantiles are computed.
+    envelope_anchors: after training, the Lipschitz envelopes of the potential over this many
+        training samples of each set (lipcore.envelope) are judged on the validation samples,
+        and the best replaces the network when it beats it there; 0 keeps the network always.
     precision, compile, cuda_graphs: speed levers of training only (lipcore.accel); the
         certificate is computed afterwards in float64 whatever they are. precision "float32",
         "tf32" (TF32 matrix products on CUDA; no-op on CPUs) or "bf16" (bfloat16 autocast of the
@@ -87,6 +90,7 @@ class EstimatorConfig:
     progress_every: int = 10
     eval_chunk: int = 65536
     grad_samples: int = 1024
+    envelope_anchors: int = 4096
     # GPU levers, training only
     precision: str = "float32"
     compile: bool = False
@@ -107,6 +111,7 @@ class EstimatorConfig:
             "eval_chunk": 1,
             "grad_samples": 1,
             "permutations": 1,
+            "envelope_anchors": 0,
         }
         for name, low in ints_min.items():
             v = getattr(self, name)

@@ -8,6 +8,8 @@ its own ``TrainingData`` and go through the same fit and certificate):
 - ``fit``: build the network and train it (``Fitted``);
 - ``certify``: export the potential, its certified Lipschitz constant L, the lower bound over all
   samples, the potential's weighted centre and the gradient-norm quantiles (``Certificate``);
+- ``envelop``: the Lipschitz envelopes of that potential over the training samples of either set
+  (lipcore.envelope), kept instead of the network when the validation samples prefer one;
 - ``hold_out``: the held-out difference and its confidence interval (``Holdout`` or None);
 - ``test``: the permutation two-sample test of the potential on the held-out samples.
 
@@ -41,6 +43,16 @@ from .certify import (
     weighted_difference,
 )
 from .config import EstimatorConfig
+from .envelope import (
+    Envelope,
+    EnvelopeChoice,
+    anchor_count,
+    envelope_of,
+    one_se_choice,
+    pick_anchors,
+    prefix_sizes,
+    prefix_values,
+)
 from .errors import ConfigError
 from .features import Feature, feature_table
 from .holdout import Holdout, Split, holdout_estimate, split
@@ -78,6 +90,7 @@ class Estimate:
     d: int = 0
     features: list[Feature] = field(default_factory=list)
     upper_bound: UpperBound | None = None
+    envelope: EnvelopeChoice | None = None
 
     @property
     def bracket_width(self) -> float | None:
@@ -119,6 +132,7 @@ class Estimate:
             "seconds": self.seconds,
             "device": self.device,
             "grad_norm": dict(self.grad_norm),
+            "envelope": None if self.envelope is None else self.envelope.to_dict(),
             "config": self.config.to_dict(),
         }
 
@@ -134,6 +148,7 @@ class Estimate:
                 "center": self.center,
                 "config": self.config.to_dict(),
                 "holdout": None if self.holdout is None else self.holdout.to_dict(),
+                "envelope": None if self.envelope is None else self.envelope.to_dict(),
             },
         )
 
@@ -161,7 +176,9 @@ class Prepared:
     """Stage 1's output: the validated inputs (x, y as given when float32/float64, a and b
     normalised float64), the resolved config and device, the held-out splits (None: no holdout)
     and the training data. ``rng`` continues the seeded stream after the split (the
-    gradient-norm subsample of ``certify`` draws from it)."""
+    gradient-norm subsample of ``certify`` draws from it). ``carve_x``, ``carve_y``: the
+    training rows (``train``) and validation rows (``held``) of each set, as row indices of the
+    data with their weights (None: no validation part)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -174,6 +191,8 @@ class Prepared:
     split_y: Split | None
     data: TrainingData
     rng: np.random.Generator
+    carve_x: Split | None = None
+    carve_y: Split | None = None
 
 
 def _rows(s: np.ndarray, idx: np.ndarray | None, i: int, j: int) -> F64:
@@ -305,7 +324,7 @@ def prepare(
         scale=scale,
         validation=validation,
     )
-    return Prepared(xs, ys, aw, bw, cfg, int(seed), dev, sx, sy, data, rng)
+    return Prepared(xs, ys, aw, bw, cfg, int(seed), dev, sx, sy, data, rng, vx, vy)
 
 
 #: Enough validation samples per set for a steady objective (more only costs time).
@@ -435,6 +454,69 @@ def certify(
     )
 
 
+# --------------------------------------------------------------------------- stage 3b: envelope
+
+
+def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeChoice | None]:
+    """Stage 3b: the envelopes of g = f / L over up to ``config.envelope_anchors`` training
+    samples of the source (the lower one) and of the target (the upper one), each with all its
+    anchors and with 1/2, ..., 1/32 of them, judged by their validation objective
+    (``one_se_choice``: the most conservative within one standard error of the best, the
+    network first); an envelope kept replaces the network, and the certificate is then the
+    envelope's (L = 1 exactly). Returns the certificate of the potential kept and the choice
+    (None when none was tried: no validation part, or ``envelope_anchors`` 0). Only training
+    and validation samples decide: the held-out ones stay untouched."""
+    cfg = prep.config
+    cx, cy = prep.carve_x, prep.carve_y
+    if cfg.envelope_anchors == 0 or cx is None or cy is None:
+        return cert, None
+    div, dev = cert.divisor, prep.device
+    rng = np.random.default_rng([prep.seed, 0xE4E1])
+    xv = torch.from_numpy(_rows(prep.x, cx.held, 0, len(cx.held))).to(dev)
+    yv = torch.from_numpy(_rows(prep.y, cy.held, 0, len(cy.held))).to(dev)
+    # The candidates, the most conservative first: the network, then the envelopes from the
+    # most anchors to the fewest (both sides at each count).
+    envelopes: dict[str, Envelope] = {}
+    values: dict[str, tuple[F64, F64]] = {}
+    for side, data, f, part in (
+        ("source", prep.x, cert.fx, cx),
+        ("target", prep.y, cert.fy, cy),
+    ):
+        count = anchor_count(cfg.envelope_anchors, int(prep.x.shape[1]), len(part.train))
+        idx = pick_anchors(part.train, part.w_train, count, rng)
+        sizes = prefix_sizes(len(idx))
+        if not sizes:
+            continue
+        env = envelope_of(_rows(data, idx, 0, len(idx)), f[idx] / div, side).to(dev)
+        fx = prefix_values(env.anchors, env.values, side, xv, sizes).cpu().numpy()
+        fy = prefix_values(env.anchors, env.values, side, yv, sizes).cpu().numpy()
+        for j, k in enumerate(sizes):
+            name = f"{side}:{k}"
+            envelopes[name] = Envelope(env.anchors[:k], env.values[:k], side)
+            values[name] = (fx[j], fy[j])
+    order = sorted(values, key=lambda name: -int(name.split(":")[1]))
+    candidates = [("network", cert.fx[cx.held] / div, cert.fy[cy.held] / div)]
+    candidates += [(name, *values[name]) for name in order]
+    kept_at, scores = one_se_choice(candidates, cx.w_held, cy.w_held)
+    if kept_at == 0:
+        return cert, EnvelopeChoice(None, 0, scores)
+    best = envelopes[candidates[kept_at][0]]
+    model = nn.Sequential(best)
+    fx = evaluate(model, prep.x, chunk=cfg.eval_chunk, device=dev)
+    fy = evaluate(model, prep.y, chunk=cfg.eval_chunk, device=dev)
+    grads = grad_norm_quantiles(model, prep.x, prep.y, 1.0, cfg.grad_samples, prep.rng, dev)
+    kept = Certificate(
+        potential=model.to("cpu"),
+        lipschitz_constant=1.0,
+        lower_bound=weighted_difference(fx, prep.a, fy, prep.b),
+        center=weighted_center(fx, prep.a, fy, prep.b),
+        grad_norm=grads,
+        fx=fx,
+        fy=fy,
+    )
+    return kept, EnvelopeChoice(best.side, int(best.anchors.shape[0]), scores)
+
+
 # --------------------------------------------------------------------------- stage 4: hold out
 
 
@@ -503,6 +585,7 @@ def estimate_w1(
     cert = certify(
         fitted, prep.x, prep.y, prep.a, prep.b, config=prep.config, device=prep.device, rng=prep.rng
     )
+    cert, choice = envelop(cert, prep)
     phase("testing")
     verdict_test = two_sample_test(
         cert, prep.split_x, prep.split_y, prep.config.permutations, prep.seed
@@ -540,4 +623,5 @@ def estimate_w1(
         potential=cert.potential,
         history=fitted.result.history,
         d=int(prep.x.shape[1]),
+        envelope=choice,
     )

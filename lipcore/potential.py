@@ -11,11 +11,22 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .envelope import Envelope
 from .layers import ACTIVATIONS
 
 FORMAT = "lipwass-potential"
 VERSION = 1
 _JSON_KEYS = ("architecture", "config", "lipschitz_constant", "lower_bound", "d", "version")
+
+
+def input_dim(model: nn.Module) -> int:
+    """d: the number of features a potential takes (its first Linear layer's or envelope's)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return int(m.in_features)
+        if isinstance(m, Envelope):
+            return int(m.anchors.shape[1])
+    raise ValueError(f"{type(model).__name__}: no Linear layer or envelope to take the inputs")
 
 
 def architecture(model: nn.Sequential) -> list[dict[str, Any]]:
@@ -24,6 +35,9 @@ def architecture(model: nn.Sequential) -> list[dict[str, Any]]:
     for m in model:
         if isinstance(m, nn.Linear):
             arch.append({"type": "linear", "in": m.in_features, "out": m.out_features})
+        elif isinstance(m, Envelope):
+            m_, d = (int(v) for v in m.anchors.shape)
+            arch.append({"type": "envelope", "side": m.side, "anchors": m_, "in": d})
         elif type(m) in names:
             arch.append({"type": names[type(m)]})
         else:
@@ -34,12 +48,17 @@ def architecture(model: nn.Sequential) -> list[dict[str, Any]]:
 def save_potential(
     path: str | os.PathLike[str], model: nn.Sequential, metadata: dict[str, Any]
 ) -> None:
-    """Writes the Linear weights as tensors and architecture + ``metadata`` as JSON metadata."""
+    """Writes the Linear weights (an envelope's anchors and values) as tensors and architecture +
+    ``metadata`` as JSON metadata."""
     tensors = {}
     for i, m in enumerate(model):
         if isinstance(m, nn.Linear):
             tensors[f"{i}.weight"] = m.weight.detach().cpu().contiguous()
             tensors[f"{i}.bias"] = m.bias.detach().cpu().contiguous()
+        elif isinstance(m, Envelope):
+            tensors[f"{i}.anchors"] = m.anchors.detach().cpu().contiguous()
+            tensors[f"{i}.values"] = m.values.detach().cpu().contiguous()
+            tensors[f"{i}.scales"] = m.scales.detach().cpu().contiguous()
     meta = {"format": FORMAT, "version": json.dumps(VERSION)}
     meta["architecture"] = json.dumps(architecture(model))
     for k, v in metadata.items():
@@ -79,6 +98,12 @@ def load_potential(path: str | os.PathLike[str]) -> nn.Sequential:
                     lin.weight.copy_(w)
                     lin.bias.copy_(b)
                 modules.append(lin)
+            elif spec["type"] == "envelope":
+                anchors = fh.get_tensor(f"{i}.anchors")
+                if tuple(anchors.shape) != (spec["anchors"], spec["in"]):
+                    raise ValueError(f"layer {i}: anchors {tuple(anchors.shape)} != architecture")
+                values, scales = fh.get_tensor(f"{i}.values"), fh.get_tensor(f"{i}.scales")
+                modules.append(Envelope(anchors, values, spec["side"], scales))
             elif spec["type"] in ACTIVATIONS:
                 modules.append(ACTIVATIONS[spec["type"]]())
             else:

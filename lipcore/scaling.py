@@ -11,6 +11,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from .envelope import Envelope
+
 Mode = Literal["none", "standardize", "robust"]
 MODES: tuple[str, ...] = ("none", "standardize", "robust")
 
@@ -58,9 +60,13 @@ def _iqr(v: NDArray[np.float64], w: NDArray[np.float64]) -> float:
 
 def fold_scales(potential: nn.Sequential, scales: NDArray[np.float64]) -> nn.Sequential:
     """The potential of scaled inputs x / scales as a potential of x itself (in place): the first
-    linear layer's columns are divided by the factors. Values are unchanged; its Lipschitz
-    constant, and every figure it certifies, stay those of the scaled space."""
-    first = next(m for m in potential if isinstance(m, nn.Linear))
+    linear layer's columns are divided by the factors (an envelope divides its inputs by them).
+    Values are unchanged; its Lipschitz constant, and every figure it certifies, stay those of
+    the scaled space."""
+    first = next(m for m in potential if isinstance(m, nn.Linear | Envelope))
     with torch.no_grad():
-        first.weight /= torch.as_tensor(scales, dtype=first.weight.dtype)
+        if isinstance(first, Envelope):
+            first.scales *= torch.as_tensor(scales, dtype=first.scales.dtype)
+        else:
+            first.weight /= torch.as_tensor(scales, dtype=first.weight.dtype)
     return potential

@@ -277,6 +277,11 @@ def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str
         gn = diag["grad_norm"]
         qs = " / ".join(_g(gn.get(k), 3) for k in ("q05", "q50", "q95"))
         rows.append(("grad_norm q05/q50/q95", qs))
+    env = diag.get("envelope") if isinstance(diag, dict) else None
+    if isinstance(env, dict):
+        kept = "network" if env.get("side") is None else f"{env['side']} envelope"
+        more = f" over {env.get('anchors')} anchors" if env.get("side") is not None else ""
+        rows.append(("potential", f"{kept}{more} (best on the validation samples)"))
     if result.get("method") == "lipschitz":
         rows.append(("steps", _g(result.get("steps"))))
     rows.append(("device", _g(result.get("device"))))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lipcore import ConfigError, Estimate, EstimatorConfig, Feature, TwoSampleTest
+from lipcore.envelope import BLOCK_ENTRIES, MAX_ANCHOR_BYTES
 from lipcore.twosample import summary
 
 METHODS = ("auto", "lipschitz", "exact")
@@ -28,6 +29,7 @@ CONFIG_LIMITS: dict[str, str] = {
     "reproject_iters": "max_ortho_iters",
     "eval_chunk": "max_eval_chunk",
     "grad_samples": "max_eval_chunk",
+    "envelope_anchors": "max_envelope_anchors",
 }
 
 
@@ -255,6 +257,7 @@ def result(
             "diagnostics": {
                 "grad_norm": {k: float(v) for k, v in fitted.grad_norm.items()},
                 "objective": float(fitted.objective),
+                "envelope": None if fitted.envelope is None else fitted.envelope.to_dict(),
             },
             "potential_center": float(fitted.center),
             "device": str(fitted.device),
@@ -320,7 +323,8 @@ def job_memory(plan: Plan, n: int, m: int, d: int) -> dict[str, int]:
     network: the weights in float32 times eight (gradients, two Adam moments, the averaged
     copy, Björck's work arrays, the certified float64 copy); activations: one training batch of
     both sets through every layer, forward and backward, and an evaluation chunk; exact: the
-    n·m float64 cost matrix and the plan, when the exact solver runs (d > 1).
+    n·m float64 cost matrix and the plan, when the exact solver runs (d > 1); envelope: the
+    anchors of both envelopes (lipcore.envelope, bounded per side) and their distance blocks.
     """
     c = plan.config
     rows = n + m
@@ -331,6 +335,11 @@ def job_memory(plan: Plan, n: int, m: int, d: int) -> dict[str, int]:
         "network": params * 4 * 8,
         "activations": 4 * c.width * (c.depth + 1) * 4 * (2 * c.batch_size + c.eval_chunk),
         "exact": 2 * 8 * n * m if plan.run_exact and d > 1 else 0,
+        "envelope": (
+            2 * min(c.envelope_anchors * d * 8, MAX_ANCHOR_BYTES) + 4 * BLOCK_ENTRIES * 8
+            if c.envelope_anchors
+            else 0
+        ),
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -347,6 +356,7 @@ def check_memory(plan: Plan, n: int, m: int, d: int, limit: int) -> dict[str, in
         "network": ("config.width", "a smaller config.width or config.depth"),
         "activations": ("config.batch_size", "a smaller config.batch_size or eval_chunk"),
         "exact": ("crosscheck", 'crosscheck "never" (the exact solve holds n·m costs)'),
+        "envelope": ("config.envelope_anchors", "a smaller config.envelope_anchors"),
     }[big]
     gib = 1024**3
     raise PolicyError(

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     max_eval_chunk: int = Field(
         1 << 20, ge=1, description="Largest config eval_chunk and grad_samples (memory bound)."
     )
+    max_envelope_anchors: int = Field(
+        16384,
+        ge=0,
+        description="Largest config envelope_anchors (the envelopes' cost grows with anchors x n).",
+    )
 
     # Dataset uploads and listing (service/ingest/, service/api/datasets.py).
     max_npy_header_bytes: int = Field(

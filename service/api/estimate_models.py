@@ -110,6 +110,19 @@ RESULT_EXAMPLES: list[Any] = [  # JSON values (pydantic json_schema_extra)
         "diagnostics": {
             "grad_norm": {"q05": 0.998838, "q50": 0.99963, "q95": 0.999769},
             "objective": 0.456306,
+            # From a rerun of the same kind of pair once envelopes were tried (seed 0): on a
+            # plain shift the network beats every envelope on the validation samples.
+            "envelope": {
+                "side": None,
+                "anchors": 0,
+                "validation": {
+                    "network": 0.6815,
+                    "source:1280": 0.6765,
+                    "source:640": 0.659,
+                    "target:1280": 0.6701,
+                    "target:640": 0.6536,
+                },
+            },
         },
         "potential_center": 0.130654,
         "device": "cpu",
@@ -389,6 +402,27 @@ class GradNorm(BaseModel):
     q95: float = Field(description="95 % quantile of |grad g|.")
 
 
+class EnvelopeDiagnostics(BaseModel):
+    """Which potential was kept: the trained network, or one of its Lipschitz envelopes over
+    training samples (lipcore.envelope), as judged on the validation samples."""
+
+    side: Literal["source", "target"] | None = Field(
+        None,
+        description='"source": the lower envelope max_i (g(x_i) - |x - x_i|) over source '
+        'anchors; "target": the upper envelope min_j (g(y_j) + |x - y_j|) over target anchors '
+        "(g: the network scaled to L = 1); null: the network itself was kept. An envelope is "
+        "exactly 1-Lipschitz (lipschitz_constant 1) and is the potential served.",
+    )
+    anchors: int = Field(
+        description="Training samples the kept envelope is built on (0 when the network was kept)."
+    )
+    validation: dict[str, float] = Field(
+        description="The validation objective of each candidate, in the data's units: "
+        '"network", and "source:k" / "target:k" for the envelope over k anchors; the largest '
+        "wins when it beats the network. The held-out samples take no part in the choice."
+    )
+
+
 class Diagnostics(BaseModel):
     """How well the potential fits (method lipschitz)."""
 
@@ -400,6 +434,11 @@ class Diagnostics(BaseModel):
         None,
         description="The smoothed training objective when training ended, in the data's units "
         "(scaled ones under a scale; compare with lower_bound); null when not recorded.",
+    )
+    envelope: EnvelopeDiagnostics | None = Field(
+        None,
+        description="The network or one of its envelopes: which was kept and why (null when "
+        "none was tried: no validation part, or config.envelope_anchors 0).",
     )
 
 

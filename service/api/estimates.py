@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
@@ -20,6 +19,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+import lipcore
 from service import datasets as dataset_service
 from service import estimates as service
 from service.api import errors, links
@@ -411,7 +411,7 @@ def _evaluate(
     if center is None or not lip:
         raise ProblemError("no-potential", f"Estimate {row.id} has no certified potential.")
     model = cache.get(path)
-    d = int(next(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)))
+    d = lipcore.input_dim(model)
     for i, p in enumerate(body.points):
         if len(p) != d:
             raise invalid_field(f"points.{i}", f"has length {len(p)}; the potential takes d = {d}")

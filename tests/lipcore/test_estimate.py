@@ -44,7 +44,7 @@ def test_result_fields_and_json(tiny):
     assert set(d) == {
         "test", "features", "upper_bound", "bracket_width", "lower_bound", "lipschitz_constant",
         "center", "holdout", "objective", "steps",
-        "seconds", "device", "grad_norm", "config",
+        "seconds", "device", "grad_norm", "envelope", "config",
     }  # fmt: skip
 
 
@@ -138,7 +138,7 @@ def test_float32_and_dict_config_and_explicit_device(tiny):
 
 
 def test_the_stages_compose_to_estimate_w1(tiny):
-    from lipcore.estimate import certify, fit, hold_out, prepare, two_sample_test
+    from lipcore.estimate import certify, envelop, fit, hold_out, prepare, two_sample_test
 
     x, y = _data()
     est = estimate_w1(x, y, config=tiny, seed=4)
@@ -153,9 +153,11 @@ def test_the_stages_compose_to_estimate_w1(tiny):
         fitted, prep.x, prep.y, prep.a, prep.b, config=prep.config, device=prep.device,
         rng=prep.rng,
     )  # fmt: skip
+    assert cert.fx.shape == (300,) and cert.fy.shape == (200,)
+    cert, choice = envelop(cert, prep)
+    assert choice == est.envelope
     assert cert.lower_bound == est.lower_bound and cert.center == est.center
     assert cert.grad_norm == est.grad_norm
-    assert cert.fx.shape == (300,) and cert.fy.shape == (200,)
     assert hold_out(cert, prep.split_x, prep.split_y) == est.holdout
     assert hold_out(cert, None, None) is None
     perms = prep.config.permutations

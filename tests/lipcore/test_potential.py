@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from lipcore import estimate_w1, load_potential, read_potential_metadata
 def test_save_load_round_trip(tmp_path, tiny):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(100, 3)), rng.normal(size=(80, 3)) + 1
+    tiny = dataclasses.replace(tiny, envelope_anchors=0)  # the network (envelopes: test_envelope)
     est = estimate_w1(x, y, config=tiny)
     path = tmp_path / "pot.safetensors"
     est.save(path)

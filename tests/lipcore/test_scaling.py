@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lipcore import estimate_w1, evaluate
+from lipcore.envelope import Envelope, envelope_of
 from lipcore.scaling import feature_scales, fold_scales
 
 
@@ -34,9 +35,20 @@ def test_folded_potential_takes_raw_points() -> None:
     y = x + [0.5, 0.0]
     a = np.full(200, 1 / 200)
     s = feature_scales(x, y, a, a, "standardize")
-    cfg = {"width": 8, "depth": 1, "steps": 30, "min_steps": 0}
+    cfg = {"width": 8, "depth": 1, "steps": 30, "min_steps": 0, "envelope_anchors": 0}
     est = estimate_w1(x / s, y / s, config=cfg, holdout=0.0)
     scaled_values = evaluate(est.potential, x / s, chunk=64)
     folded = fold_scales(est.potential, s)
     assert evaluate(folded, x, chunk=64) == pytest.approx(scaled_values, abs=1e-9)
     assert isinstance(folded[0], torch.nn.Linear)
+
+
+def test_a_folded_envelope_takes_raw_points() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 2)) * [1.0, 50.0]
+    s = np.array([1.0, 50.0])
+    env = torch.nn.Sequential(envelope_of(x[:50] / s, rng.normal(size=50), "target"))
+    scaled_values = evaluate(env, x / s, chunk=64)
+    folded = fold_scales(env, s)
+    assert evaluate(folded, x, chunk=64) == pytest.approx(scaled_values, abs=1e-12)
+    assert isinstance(folded[0], Envelope)

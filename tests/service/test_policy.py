@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from lipcore.envelope import EnvelopeChoice
 from service import policy
 from service.settings import Settings
 
@@ -120,6 +121,7 @@ def test_result_shape_is_the_same_for_both_methods() -> None:
         config=SimpleNamespace(to_dict=lambda: {"steps": 3}),
         test=TwoSampleTest(0.4, 0.6, 1000, "heldout-potential-permutation", 0.0),
         features=[], upper_bound=SimpleNamespace(value=2.6), bracket_width=0.2308,
+        envelope=EnvelopeChoice("source", 64, {"network": 1.0, "source:64": 1.2}),
     )  # fmt: skip
     both = policy.result(
         plan("lipschitz", "auto", SMALL), exact=exact, fitted=fitted, seconds=1, alpha=0.1
@@ -128,6 +130,9 @@ def test_result_shape_is_the_same_for_both_methods() -> None:
     assert both["w1"] == 2.0 and both["relative_gap"] == pytest.approx(0.2)
     assert both["potential_center"] == 0.5 and both["config"] == {"steps": 3}
     assert both["upper_bound"] == 2.6 and both["bracket_width"] == 0.2308
+    assert both["diagnostics"]["envelope"] == {
+        "side": "source", "anchors": 64, "validation": {"network": 1.0, "source:64": 1.2},
+    }  # fmt: skip
     assert both["verdict"]["differ"] is False and both["verdict"]["alpha"] == 0.1
     assert both["verdict"]["summary"].startswith("no detectable difference (p = 0.6")
     assert both["distance"] == {"value": 0.4, "ci95": [0.3, 0.5], "kind": "distribution"}

@@ -721,9 +721,11 @@ function figureRows(r) {
   if (r.bracket_width !== null && r.bracket_width !== undefined) add("Bracket width", fmt(r.bracket_width), "upper − lower bound");
   if (r.relative_gap !== null && r.relative_gap !== undefined) add("Gap to exact", `${fmt(100 * r.relative_gap, 3)} %`, "(exact − lower bound) / exact");
   if (r.holdout) add("Held-out estimate", fmt(r.holdout.value), `95 % CI ${fmtCI(r.holdout.ci95)}; ${r.holdout.n_source} + ${r.holdout.n_target} held-out samples`);
-  if (r.lipschitz_constant !== null && r.lipschitz_constant !== undefined) add("Lipschitz constant", fmt(r.lipschitz_constant), "certified bound of the network");
+  if (r.lipschitz_constant !== null && r.lipschitz_constant !== undefined) add("Lipschitz constant", fmt(r.lipschitz_constant), "certified bound of the potential");
   const g = r.diagnostics && r.diagnostics.grad_norm;
   if (g) add("|∇f| quantiles", `${fmt(g.q05, 3)} / ${fmt(g.q50, 3)} / ${fmt(g.q95, 3)}`, "5 % / 50 % / 95 %; well below 1 means under-fitting");
+  const env = r.diagnostics && r.diagnostics.envelope;
+  if (env) add("Potential", env.side ? `${env.side} envelope` : "network", env.side ? `over ${env.anchors} training samples; beat the network on the validation samples` : "beat its envelopes on the validation samples");
   add("Method", r.method, [r.device, r.steps !== undefined ? `${r.steps} steps` : null, r.seconds !== undefined ? `${fmt(r.seconds, 3)} s` : null].filter(Boolean).join(", "));
   return rows;
 }
