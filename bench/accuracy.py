@@ -35,6 +35,7 @@ def main() -> None:
     print(f"config overrides: {overrides or 'none (defaults)'}; holdout {args.holdout}")
     header = f"| {'case':46s} | {'exact':>10s} | {'lower_bound':>11s} | {'gap %':>6s} |"
     header += f" {'holdout (ci95)':>26s} | {'steps':>5s} | {'fit s':>6s} | {'exact s':>7s} |"
+    header += f" {'potential':>22s} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     gaps = []
@@ -47,9 +48,12 @@ def main() -> None:
         gaps.append(gap)
         h = est.holdout
         hs = "-" if h is None else f"{h.value:.4g} ({h.ci95[0]:.4g}, {h.ci95[1]:.4g})"
+        env = est.envelope
+        kept = "network" if env is None or env.side is None else f"{env.side} env. ({env.anchors})"
         print(
             f"| {name:46s} | {exact:10.5g} | {est.lower_bound:11.5g} | {100 * gap:6.2f} |"
-            f" {hs:>26s} | {est.steps:5d} | {est.seconds:6.1f} | {t_exact:7.1f} |",
+            f" {hs:>26s} | {est.steps:5d} | {est.seconds:6.1f} | {t_exact:7.1f} |"
+            f" {kept:>22s} |",
             flush=True,
         )
     print(

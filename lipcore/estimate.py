@@ -476,7 +476,7 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
     yv = torch.from_numpy(_rows(prep.y, cy.held, 0, len(cy.held))).to(dev)
     # The candidates, the most conservative first: the network, then the envelopes from the
     # most anchors to the fewest (both sides at each count).
-    envelopes: dict[str, Envelope] = {}
+    envelopes: dict[str, tuple[Envelope, int]] = {}  # name: all anchors of its side, count
     values: dict[str, tuple[F64, F64]] = {}
     for side, data, f, part in (
         ("source", prep.x, cert.fx, cx),
@@ -492,7 +492,7 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
         fy = prefix_values(env.anchors, env.values, side, yv, sizes).cpu().numpy()
         for j, k in enumerate(sizes):
             name = f"{side}:{k}"
-            envelopes[name] = Envelope(env.anchors[:k], env.values[:k], side)
+            envelopes[name] = (env, k)
             values[name] = (fx[j], fy[j])
     order = sorted(values, key=lambda name: -int(name.split(":")[1]))
     candidates = [("network", cert.fx[cx.held] / div, cert.fy[cy.held] / div)]
@@ -500,7 +500,8 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
     kept_at, scores = one_se_choice(candidates, cx.w_held, cy.w_held)
     if kept_at == 0:
         return cert, EnvelopeChoice(None, 0, scores)
-    best = envelopes[candidates[kept_at][0]]
+    env, k = envelopes[candidates[kept_at][0]]
+    best = Envelope(env.anchors[:k], env.values[:k], env.side)
     model = nn.Sequential(best)
     fx = evaluate(model, prep.x, chunk=cfg.eval_chunk, device=dev)
     fy = evaluate(model, prep.y, chunk=cfg.eval_chunk, device=dev)
