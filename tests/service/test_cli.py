@@ -241,3 +241,15 @@ def test_parquet_files(tmp_path, capsys):
     pq.write_table(pa.table({"u": [0.0, 1.0], "v": [3.0, 3.0]}), tmp_path / "b.parquet")
     assert cli.main(["exact", "a.parquet", "b.parquet", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["w1"] == pytest.approx(3.0)
+
+
+def test_format_result_says_which_potential_was_kept():
+    base = {"method": "lipschitz", "w1": 1.0, "lower_bound": 1.0, "lipschitz_constant": 1.0,
+            "device": "cpu", "seconds": 1.0, "steps": 30}  # fmt: skip
+    envelope = {"side": "source", "anchors": 512, "validation": {"network": 0.9, "source:512": 1}}
+    text = cli.format_result({**base, "diagnostics": {"envelope": envelope}})
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("potential ")]
+    assert line.split(None, 1)[1].startswith("source envelope over 512 anchors")
+    network = {"side": None, "anchors": 0, "validation": {"network": 1.0}}
+    text = cli.format_result({**base, "diagnostics": {"envelope": network}})
+    assert any(ln.startswith("potential") and "network" in ln for ln in text.splitlines())

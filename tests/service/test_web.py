@@ -324,6 +324,10 @@ def _scenario(server: Server, b: WebDriver, tmp_path: Path) -> None:
             {"name": "v", "index": 1, "marginal_w1": 0.08, "attribution": 0.07, "direction": -1},
         ],
     }
+    future["result"]["diagnostics"] = {
+        **(future["result"].get("diagnostics") or {}),
+        "envelope": {"side": "source", "anchors": 512, "validation": {"network": 1.0}},
+    }
     js(b, "window.lipwass.showFinal(arguments[0])", future)
     assert text(b, "#verdict") == future["result"]["verdict"]["summary"]
     assert b.find_element(By.ID, "verdict").get_attribute("data-differ") == "true"
@@ -331,6 +335,7 @@ def _scenario(server: Server, b: WebDriver, tmp_path: Path) -> None:
     figures = text(b, "#figures")
     for label in ("p-value", "Empirical upper bound", "Bracket width", "Distance (held-out)"):
         assert label in figures, figures
+    assert "source envelope" in figures and "over 512 training samples" in figures, figures
     rows = b.find_elements(By.CSS_SELECTOR, "#features tbody tr")
     assert [r.text.split()[0] for r in rows] == ["u", "v"]
     save_shot(b, tmp_path / "verdict.png")
