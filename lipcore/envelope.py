@@ -14,7 +14,8 @@ can only improve the Kantorovich-Rubinstein objective. This is the c-transform s
 semi-discrete optimal transport. Where the network under-resolves sharp features (cones at the
 tips of many funnels) the envelope of its values over one dense set fits them better; where the
 samples are sparse (high dimension) it fits their noise. Which form is kept is decided on the
-validation samples only (``choose``), so the held-out estimate and the test stay valid.
+validation samples only (``one_se_choice``, called by lipcore.estimate.envelop), so the held-out
+estimate and the test stay valid.
 
 The gradient is the unit vector towards (lower) or away from (upper) the anchor whose cone is
 active. At an anchor itself the cone of that anchor has no gradient; the next best cone, the one
@@ -72,13 +73,13 @@ class Envelope(nn.Module):
                 f"{tuple(anchors.shape)} and {tuple(values.shape)}"
             )
         if scales is None:
-            scales = torch.ones(anchors.shape[1], dtype=anchors.dtype)
+            scales = torch.ones(anchors.shape[1], dtype=anchors.dtype, device=anchors.device)
         if scales.shape != (anchors.shape[1],):
             raise ValueError(f"scales: expected ({anchors.shape[1]},), got {tuple(scales.shape)}")
         self.side = side
         self.register_buffer("anchors", anchors.detach().clone())
-        self.register_buffer("values", values.detach().clone().to(anchors.dtype))
-        self.register_buffer("scales", scales.detach().clone().to(anchors.dtype))
+        self.register_buffer("values", values.detach().clone().to(anchors))
+        self.register_buffer("scales", scales.detach().clone().to(anchors))
 
     @property
     def sign(self) -> float:
