@@ -41,6 +41,9 @@ BLOCK_ENTRIES = 2**21
 #: Anchor coordinates kept at most (bytes, float64): bounds the saved potential in high d.
 MAX_ANCHOR_BYTES = 32 * 1024**2
 SIDES = ("source", "target")
+#: Distance work (rows x anchors x d) an envelope kept may cost over all samples: about 30 s of
+#: one CPU core at d = 64; larger inputs get fewer anchors.
+MAX_WORK = 2**35
 #: Anchor counts weighed per side: all, 1/2, ..., 1/2**(PREFIXES - 1) of them.
 PREFIXES = 6
 
@@ -152,10 +155,13 @@ def one_se_choice(
     return best, scores  # not reached: the best is within 0 of itself
 
 
-def anchor_count(requested: int, d: int, available: int) -> int:
+def anchor_count(requested: int, d: int, available: int, rows: int = 0) -> int:
     """How many anchors to use: ``requested``, at most ``MAX_ANCHOR_BYTES`` of float64 rows of
-    dimension d, at most the rows available."""
-    return max(0, min(int(requested), MAX_ANCHOR_BYTES // (8 * max(1, int(d))), int(available)))
+    dimension d, at most the rows available, and at most ``MAX_WORK`` / (rows * d) when the
+    envelope is to be evaluated on ``rows`` samples (0: no bound)."""
+    d = max(1, int(d))
+    by_work = MAX_WORK // (int(rows) * d) if rows > 0 else int(requested)
+    return max(0, min(int(requested), MAX_ANCHOR_BYTES // (8 * d), int(available), by_work))
 
 
 def pick_anchors(

@@ -482,7 +482,8 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
         ("source", prep.x, cert.fx, cx),
         ("target", prep.y, cert.fy, cy),
     ):
-        count = anchor_count(cfg.envelope_anchors, int(prep.x.shape[1]), len(part.train))
+        rows = int(prep.x.shape[0] + prep.y.shape[0])
+        count = anchor_count(cfg.envelope_anchors, int(prep.x.shape[1]), len(part.train), rows)
         idx = pick_anchors(part.train, part.w_train, count, rng)
         sizes = prefix_sizes(len(idx))
         if not sizes:

@@ -95,6 +95,9 @@ def test_anchor_choice_bounds_and_randomness():
     assert anchor_count(4096, 2, 100) == 100
     assert anchor_count(4096, 10_000, 10**6) == 419  # 32 MiB of float64 rows of dimension 1e4
     assert anchor_count(0, 2, 100) == 0
+    # Work bound: 2e6 samples of dimension 64 get 2**35 / 1.28e8 = 268 anchors, not 4096.
+    assert anchor_count(4096, 64, 10**6, rows=2 * 10**6) == 268
+    assert anchor_count(4096, 64, 10**6, rows=40_000) == 4096
     assert prefix_sizes(0) == [] and prefix_sizes(1) == [1] and prefix_sizes(5) == [1, 2, 5]
     assert prefix_sizes(4096)[0] == 128
     rows, w = np.arange(10, 20), np.array([1.0] * 5 + [0.0] * 5)
