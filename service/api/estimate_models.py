@@ -395,7 +395,8 @@ class ExactResult(BaseModel):
 
 class GradNorm(BaseModel):
     """Quantiles of |grad g| (g = f / L, so at most 1) on up to config.grad_samples samples of
-    each set; mass well below 1 means under-fitting."""
+    each set; mass well below 1 means under-fitting (an envelope's is 1 everywhere: the slope of
+    its active cone)."""
 
     q05: float = Field(description="5 % quantile of |grad g|.")
     q50: float = Field(description="Median of |grad g|.")
