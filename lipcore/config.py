@@ -72,7 +72,7 @@ class EstimatorConfig:
     width: int = 64
     depth: int = 6
     activation: str = "maxmin"
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 1024
     lr: float = 3e-3
     lr_final: float = 0.01
