@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from lipcore import EstimatorConfig, default_device, estimate_w1, evaluate, exact_w1  # noqa: E402
 from lipcore.accel import sync  # noqa: E402
+from lipcore.envelope import envelope_of, prefix_values  # noqa: E402
 from lipcore.estimate import TrainingData, certify, fit, hold_out  # noqa: E402
 from lipcore.holdout import Split  # noqa: E402
 from lipcore.network import LipschitzMLP  # noqa: E402
@@ -379,12 +380,46 @@ def correctness(device: torch.device, n: int) -> dict[str, Any]:
     f_res = evaluate(model, xt, chunk=37, device=device)
     f_host = evaluate(model, x.astype(np.float32), chunk=len(x), device="cpu")
     out["resident_eval_max_abs"] = float(np.abs(f_res - f_host).max())
+    out["envelope"] = envelope_check(device)
     out["ok"] = bool(
         out["sound"]
         and out["device_equals_cpu"]
         and out["sound_bf16"]
         and out["sound_tf32"]
         and out["resident_eval_max_abs"] < 1e-9
+        and out["envelope"]["ok"]
+    )
+    return out
+
+
+def envelope_check(
+    device: torch.device, m: int = 3000, n: int = 5000, d: int = 16
+) -> dict[str, Any]:
+    """An envelope (lipcore.envelope) on ``device`` against the same one on the CPU: values and
+    gradients (float64, so equal up to rounding), the prefix pass of the choice, and the seconds
+    of one evaluation of n rows over m anchors."""
+    rng = np.random.default_rng(11)
+    anchors, values = rng.normal(size=(m, d)), rng.normal(size=m)
+    x = rng.normal(size=(n, d))
+    cpu = torch.nn.Sequential(envelope_of(anchors, values, "source"))
+    dev = torch.nn.Sequential(envelope_of(anchors, values, "source")).to(device)
+    f_cpu, g_cpu = evaluate(cpu, x, chunk=n, grad=True)
+    sync(device)
+    t = time.perf_counter()
+    f_dev, g_dev = evaluate(dev, x, chunk=n, device=device, grad=True)
+    sync(device)
+    seconds = time.perf_counter() - t
+    env = dev[0]
+    xt = torch.from_numpy(x).to(device)
+    prefix = prefix_values(env.anchors, env.values, "source", xt, [m]).cpu().numpy()[0]
+    out = {
+        "values_max_abs": float(np.abs(f_dev - f_cpu).max()),
+        "grads_max_abs": float(np.abs(g_dev - g_cpu).max()),
+        "prefix_max_abs": float(np.abs(prefix - f_cpu).max()),
+        "eval_s": seconds,
+    }
+    out["ok"] = bool(
+        max(out["values_max_abs"], out["prefix_max_abs"]) < 1e-9 and out["grads_max_abs"] < 1e-6
     )
     return out
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.gpu import resident_estimate, step_flops
+from bench.gpu import envelope_check, resident_estimate, step_flops
 from lipcore import Estimate, EstimatorConfig, estimate_w1, exact_w1
 from lipcore.accel import CompiledStep, forward_autocast, training_precision
 from lipcore.certify import evaluate
@@ -167,3 +167,8 @@ def test_resident_pipeline_is_sound(case: tuple[np.ndarray, np.ndarray, float]) 
     assert lo <= r["holdout"] <= hi
     assert r["steps"] == SMALL["steps"]
     assert abs(exact32 - exact) < 1e-5
+
+
+def test_the_envelope_check_of_the_gpu_benchmark_passes_on_the_cpu() -> None:
+    out = envelope_check(torch.device("cpu"), m=200, n=300, d=4)
+    assert out["ok"] and out["values_max_abs"] == 0.0 and out["grads_max_abs"] == 0.0
