@@ -58,9 +58,10 @@ class EstimatorConfig:
     progress_every: the callback's period in steps.
     eval_chunk: rows per chunk when evaluating all samples in float64 (memory bound).
     grad_samples: samples (per set) on which the gradient-norm quantiles are computed.
-    envelope_anchors: after training, the Lipschitz envelopes of the potential over this many
-        training samples of each set (lipcore.envelope) are judged on the validation samples,
-        and the best replaces the network when it beats it there; 0 keeps the network always.
+    envelope_anchors: after training, the Lipschitz envelopes of the potential over up to this
+        many training samples of each set, and over 1/2 ... 1/32 of them (lipcore.envelope), are
+        judged on the validation samples; one replaces the network when it beats it by more
+        than the validation noise (one standard error); 0 keeps the network always.
     precision, compile, cuda_graphs: speed levers of training only (lipcore.accel); the
         certificate is computed afterwards in float64 whatever they are. precision "float32",
         "tf32" (TF32 matrix products on CUDA; no-op on CPUs) or "bf16" (bfloat16 autocast of the

@@ -419,8 +419,9 @@ class EnvelopeDiagnostics(BaseModel):
     )
     validation: dict[str, float] = Field(
         description="The validation objective of each candidate, in the data's units: "
-        '"network", and "source:k" / "target:k" for the envelope over k anchors; the largest '
-        "wins when it beats the network. The held-out samples take no part in the choice."
+        '"network", and "source:k" / "target:k" for the envelope over k anchors. The most '
+        "conservative candidate within one standard error of the best is kept (the network "
+        "first, then the most anchors); the held-out samples take no part in the choice."
     )
 
 
