@@ -160,7 +160,7 @@ def test_the_envelope_is_kept_only_when_validation_prefers_it_and_certifies_exac
 
 def test_the_network_is_kept_when_no_envelope_beats_it_on_validation():
     # Two shifted Gaussians in 8-D, well trained: the plane-like potential of a shift is what
-    # the network fits; the envelopes of 400 scattered samples fit their noise instead.
+    # the network fits; the envelopes of 320 scattered training samples fit their noise instead.
     rng = np.random.default_rng(5)
     x, y = rng.normal(size=(500, 8)) + 1.0, rng.normal(size=(500, 8))
     cfg = EstimatorConfig(width=16, depth=2, steps=300, batch_size=256, min_steps=0, patience=0)
