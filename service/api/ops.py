@@ -86,12 +86,38 @@ async def readyz(db: DbDep, blobs: BlobsDep, executor: ExecutorDep, settings: Se
     return Ready(checks={name: "ok" for name in checks})
 
 
+#: An excerpt of a fresh embedded server's answer after one GET /healthz (the histogram's
+#: buckets and the *_created series left out).
+METRICS_EXAMPLE = """\
+# HELP lipwass_http_requests_total HTTP requests by method, route template and status code.
+# TYPE lipwass_http_requests_total counter
+lipwass_http_requests_total{method="GET",route="/healthz",status="200"} 1.0
+# HELP lipwass_http_request_seconds HTTP request latency (until the response body ended), by \
+method and route template.
+# TYPE lipwass_http_request_seconds histogram
+lipwass_http_request_seconds_count{method="GET",route="/healthz"} 1.0
+lipwass_http_request_seconds_sum{method="GET",route="/healthz"} 0.01674336799987941
+# HELP lipwass_upload_bytes_total Request body bytes received by POST /v1/datasets (this \
+process, duplicates included).
+# TYPE lipwass_upload_bytes_total counter
+lipwass_upload_bytes_total 0.0
+# HELP lipwass_jobs Estimate jobs in the store, by status.
+# TYPE lipwass_jobs gauge
+lipwass_jobs{status="queued"} 0.0
+lipwass_jobs{status="running"} 0.0
+lipwass_jobs{status="succeeded"} 0.0
+"""
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
     responses={
-        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format."},
+        200: {
+            "content": {CONTENT_TYPE: {"example": METRICS_EXAMPLE}},
+            "description": "Prometheus text format.",
+        },
         **errors.responses(404),
     },
 )

@@ -17,11 +17,12 @@ from pydantic import BaseModel
 
 from service.api import datasets, errors, estimate_models, ops, pages
 from service.app import create_app
+from service.metrics import CONTENT_TYPE as METRICS_TYPE
 from service.settings import Settings
 
 Spec = dict[str, Any]
 #: Media types whose examples can be written in the document (the binary ones cannot).
-TEXT_TYPES = ("application/json", "text/csv", "text/event-stream")
+TEXT_TYPES = ("application/json", "text/csv", "text/event-stream", METRICS_TYPE)
 
 
 @pytest.fixture(scope="module")
