@@ -430,12 +430,27 @@ def certify(
     device: torch.device,
     rng: np.random.Generator,
 ) -> Certificate:
-    """Stage 3: exports the potential, computes L from the exact spectral norms of the exported
-    weights, evaluates f on every sample of x and y (numpy arrays, or tensors already on a
-    device) in float64 on ``device``, and from those values the certified lower bound and the
-    centre; the gradient-norm quantiles on ``config.grad_samples`` rows per set drawn by ``rng``.
-    ``a``, ``b``: normalised weights of all samples."""
-    potential = fitted.export()
+    """Stage 3: exports the potential and certifies it (``certify_potential``). ``a``, ``b``:
+    normalised weights of all samples."""
+    return certify_potential(fitted.export(), x, y, a, b, config=config, device=device, rng=rng)
+
+
+def certify_potential(
+    potential: nn.Sequential,
+    x: Rows,
+    y: Rows,
+    a: F64,
+    b: F64,
+    *,
+    config: EstimatorConfig,
+    device: torch.device,
+    rng: np.random.Generator,
+) -> Certificate:
+    """The certificate of an exported potential (a network, or an envelope): L from the exact
+    spectral norms of its weights (an envelope's is exactly 1), f on every sample of x and y
+    (numpy arrays, or tensors already on a device) in float64 on ``device``, and from those
+    values the certified lower bound and the centre; the gradient-norm quantiles on
+    ``config.grad_samples`` rows per set drawn by ``rng``."""
     lip = lipschitz_constant(potential)
     div = lip if lip > 0 else 1.0
     model = potential.to(device)
@@ -478,11 +493,11 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
     # most anchors to the fewest (both sides at each count).
     envelopes: dict[str, tuple[Envelope, int]] = {}  # name: all anchors of its side, count
     values: dict[str, tuple[F64, F64]] = {}
+    rows = int(prep.x.shape[0] + prep.y.shape[0])  # what a kept envelope is evaluated on
     for side, data, f, part in (
         ("source", prep.x, cert.fx, cx),
         ("target", prep.y, cert.fy, cy),
     ):
-        rows = int(prep.x.shape[0] + prep.y.shape[0])
         count = anchor_count(cfg.envelope_anchors, int(prep.x.shape[1]), len(part.train), rows)
         idx = pick_anchors(part.train, part.w_train, count, rng)
         sizes = prefix_sizes(len(idx))
@@ -503,18 +518,8 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
         return cert, EnvelopeChoice(None, 0, scores)
     env, k = envelopes[candidates[kept_at][0]]
     best = Envelope(env.anchors[:k], env.values[:k], env.side)
-    model = nn.Sequential(best)
-    fx = evaluate(model, prep.x, chunk=cfg.eval_chunk, device=dev)
-    fy = evaluate(model, prep.y, chunk=cfg.eval_chunk, device=dev)
-    grads = grad_norm_quantiles(model, prep.x, prep.y, 1.0, cfg.grad_samples, prep.rng, dev)
-    kept = Certificate(
-        potential=model.to("cpu"),
-        lipschitz_constant=1.0,
-        lower_bound=weighted_difference(fx, prep.a, fy, prep.b),
-        center=weighted_center(fx, prep.a, fy, prep.b),
-        grad_norm=grads,
-        fx=fx,
-        fy=fy,
+    kept = certify_potential(
+        nn.Sequential(best), prep.x, prep.y, prep.a, prep.b, config=cfg, device=dev, rng=prep.rng
     )
     return kept, EnvelopeChoice(best.side, int(best.anchors.shape[0]), scores)
 
