@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from lipcore import EstimatorConfig, default_device, estimate_w1, evaluate, exact_w1  # noqa: E402
 from lipcore.accel import sync  # noqa: E402
-from lipcore.envelope import envelope_of, prefix_values  # noqa: E402
+from lipcore.envelope import envelope_of  # noqa: E402
 from lipcore.estimate import TrainingData, certify, fit, hold_out  # noqa: E402
 from lipcore.holdout import Split  # noqa: E402
 from lipcore.network import LipschitzMLP  # noqa: E402
@@ -402,16 +402,15 @@ def envelope_check(
     anchors, values = rng.normal(size=(m, d)), rng.normal(size=m)
     x = rng.normal(size=(n, d))
     cpu = torch.nn.Sequential(envelope_of(anchors, values, "source"))
-    dev = torch.nn.Sequential(envelope_of(anchors, values, "source")).to(device)
+    env = envelope_of(anchors, values, "source").to(device)
+    dev = torch.nn.Sequential(env)
     f_cpu, g_cpu = evaluate(cpu, x, chunk=n, grad=True)
     sync(device)
     t = time.perf_counter()
     f_dev, g_dev = evaluate(dev, x, chunk=n, device=device, grad=True)
     sync(device)
     seconds = time.perf_counter() - t
-    env = dev[0]
-    xt = torch.from_numpy(x).to(device)
-    prefix = prefix_values(env.anchors, env.values, "source", xt, [m]).cpu().numpy()[0]
+    prefix = env.prefix_values(torch.from_numpy(x).to(device), [m]).cpu().numpy()[0]
     out = {
         "values_max_abs": float(np.abs(f_dev - f_cpu).max()),
         "grads_max_abs": float(np.abs(g_dev - g_cpu).max()),

@@ -24,6 +24,7 @@ at a positive distance, gives it: the direction of transport there, not a zero.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,30 +95,48 @@ class Envelope(nn.Module):
         m, d = self.anchors.shape
         return f"side={self.side!r}, anchors={m}, d={d}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        anchors, values = self.anchors, self.values
-        s = self.sign
+    def _scores(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Block by block of the rows x (raw features): the scaled rows, their distances r to
+        every anchor and the scores sign * v - r (no gradient), in bounded temporaries."""
+        anchors = self.anchors
         x = x / self.scales
         rows = max(1, BLOCK_ENTRIES // int(anchors.shape[0]))
-        outs = []
         for i in range(0, int(x.shape[0]), rows):
             xb = x[i : i + rows]
             with torch.no_grad():
                 # The direct kernel, not |x|^2 + |a|^2 - 2 x.a: exact distances near an anchor.
                 r = torch.cdist(xb, anchors, compute_mode="donot_use_mm_for_euclid_dist")
-                score = s * values[None, :] - r
-                best = score.max(dim=1).values
+                score = self.sign * self.values[None, :] - r
+            yield xb, r, score
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.sign
+        outs = []
+        for xb, r, score in self._scores(x):
+            best = score.max(dim=1).values
             if not (torch.is_grad_enabled() and xb.requires_grad):
                 outs.append(s * best)
                 continue
             with torch.no_grad():
                 k = score.masked_fill(r == 0, -torch.inf).argmax(dim=1)
-            diff = xb - anchors[k]
-            dist = torch.linalg.vector_norm(diff, dim=1)
+            dist = torch.linalg.vector_norm(xb - self.anchors[k], dim=1)
             # The active cone's slope, the value left as computed over all anchors.
             cone = -dist
             outs.append(s * (best + cone - cone.detach()))
         return torch.cat(outs)[:, None] if outs else x.new_zeros((0, 1))
+
+    @torch.no_grad()
+    def prefix_values(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """The envelopes over the first k anchors, for each k of ``sizes``, on the rows x: a
+        (len(sizes), n) tensor from one pass over the distances (anchors in random order make
+        each prefix a random subset, so one pass weighs several anchor counts)."""
+        out = x.new_empty((len(sizes), int(x.shape[0])))
+        i = 0
+        for xb, _, score in self._scores(x):
+            for j, k in enumerate(sizes):
+                out[j, i : i + len(xb)] = self.sign * score[:, :k].max(dim=1).values
+            i += len(xb)
+        return out
 
 
 @dataclass(frozen=True)
@@ -169,7 +188,7 @@ def pick_anchors(
 ) -> np.ndarray:
     """``count`` of ``rows`` (indices) drawn uniformly without replacement among those with a
     positive weight (all of them when there are no more), in random order: every prefix is a
-    uniform subset too (``prefix_values``)."""
+    uniform subset too (``Envelope.prefix_values``)."""
     live = rows[weights > 0]
     return rng.permutation(live)[: max(0, int(count))]
 
@@ -181,30 +200,10 @@ def prefix_sizes(count: int) -> list[int]:
     return sorted({max(1, count >> k) for k in range(PREFIXES)}) if count > 0 else []
 
 
-def prefix_values(
-    anchors: torch.Tensor, values: torch.Tensor, side: str, x: torch.Tensor, sizes: list[int]
-) -> torch.Tensor:
-    """The envelopes over the first k anchors, for each k of ``sizes``, on the rows x: a
-    (len(sizes), n) tensor from one pass over the distances (the anchors in random order make
-    each prefix a random subset, so one pass weighs several anchor counts)."""
-    s = 1.0 if side == "source" else -1.0
-    rows = max(1, BLOCK_ENTRIES // int(anchors.shape[0]))
-    out = x.new_empty((len(sizes), int(x.shape[0])))
-    with torch.no_grad():
-        for i in range(0, int(x.shape[0]), rows):
-            r = torch.cdist(x[i : i + rows], anchors, compute_mode="donot_use_mm_for_euclid_dist")
-            score = s * values[None, :] - r
-            for j, k in enumerate(sizes):
-                out[j, i : i + rows] = s * score[:, :k].max(dim=1).values
-    return out
-
-
-def envelope_of(
-    points: np.ndarray, values: F64, side: str, dtype: torch.dtype = torch.float64
-) -> Envelope:
-    """The envelope with anchors ``points`` (m, d) and values (m,) on the CPU."""
+def envelope_of(points: np.ndarray, values: F64, side: str) -> Envelope:
+    """The float64 envelope with anchors ``points`` (m, d) and values (m,) on the CPU."""
     return Envelope(
-        torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64)).to(dtype),
-        torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(dtype),
+        torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64)),
+        torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)),
         side,
     )

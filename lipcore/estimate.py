@@ -51,7 +51,6 @@ from .envelope import (
     one_se_choice,
     pick_anchors,
     prefix_sizes,
-    prefix_values,
 )
 from .errors import ConfigError
 from .features import Feature, feature_table
@@ -504,8 +503,8 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
         if not sizes:
             continue
         env = envelope_of(_rows(data, idx, 0, len(idx)), f[idx] / div, side).to(dev)
-        fx = prefix_values(env.anchors, env.values, side, xv, sizes).cpu().numpy()
-        fy = prefix_values(env.anchors, env.values, side, yv, sizes).cpu().numpy()
+        fx = env.prefix_values(xv, sizes).cpu().numpy()
+        fy = env.prefix_values(yv, sizes).cpu().numpy()
         for j, k in enumerate(sizes):
             name = f"{side}:{k}"
             envelopes[name] = (env, k)

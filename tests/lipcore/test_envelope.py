@@ -13,7 +13,6 @@ from lipcore.envelope import (
     one_se_choice,
     pick_anchors,
     prefix_sizes,
-    prefix_values,
 )
 
 
@@ -85,7 +84,7 @@ def test_prefix_values_are_the_envelopes_of_the_first_anchors():
     sizes = prefix_sizes(64)
     assert sizes == [2, 4, 8, 16, 32, 64]
     for side in ("source", "target"):
-        got = prefix_values(anchors, values, side, x, sizes)
+        got = Envelope(anchors, values, side).prefix_values(x, sizes)
         for j, k in enumerate(sizes):
             want = Envelope(anchors[:k], values[:k], side)(x)[:, 0]
             torch.testing.assert_close(got[j], want, rtol=0, atol=1e-12)
