@@ -48,8 +48,7 @@ def main() -> None:
         gaps.append(gap)
         h = est.holdout
         hs = "-" if h is None else f"{h.value:.4g} ({h.ci95[0]:.4g}, {h.ci95[1]:.4g})"
-        env = est.envelope
-        kept = "network" if env is None or env.side is None else f"{env.side} env. ({env.anchors})"
+        kept = "network" if est.envelope is None else est.envelope.kept
         print(
             f"| {name:46s} | {exact:10.5g} | {est.lower_bound:11.5g} | {100 * gap:6.2f} |"
             f" {hs:>26s} | {est.steps:5d} | {est.seconds:6.1f} | {t_exact:7.1f} |"

@@ -201,7 +201,7 @@ def run_cell(
     cos = cosine(est.potential, px, plan_direction(px, py))
     h = est.holdout.value
     env = est.envelope
-    form = "network" if env is None or env.side is None else f"{env.side} envelope ({env.anchors})"
+    form = "network" if env is None else env.kept
     return Row(dim, n_funnels, seed, w1, se, est.lower_bound, h, cos, est.seconds, est.steps, form)
 
 

@@ -149,6 +149,11 @@ class EnvelopeChoice:
     anchors: int
     validation: dict[str, float]
 
+    @property
+    def kept(self) -> str:
+        """What was kept, for people: "network" or e.g. "source envelope (512)"."""
+        return "network" if self.side is None else f"{self.side} envelope ({self.anchors})"
+
     def to_dict(self) -> dict[str, Any]:
         return {"side": self.side, "anchors": self.anchors, "validation": dict(self.validation)}
 

@@ -281,7 +281,7 @@ def format_result(result: dict[str, Any], estimate_id: str | None = None) -> str
     if isinstance(env, dict):
         kept = "network" if env.get("side") is None else f"{env['side']} envelope"
         more = f" over {env.get('anchors')} anchors" if env.get("side") is not None else ""
-        rows.append(("potential", f"{kept}{more} (best on the validation samples)"))
+        rows.append(("potential", f"{kept}{more} (chosen on the validation samples)"))
     if result.get("method") == "lipschitz":
         rows.append(("steps", _g(result.get("steps"))))
     rows.append(("device", _g(result.get("device"))))

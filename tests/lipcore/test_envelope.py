@@ -140,6 +140,7 @@ def test_the_envelope_is_kept_only_when_validation_prefers_it_and_certifies_exac
     assert choice is not None and choice.side == "source"
     assert choice.validation[f"source:{choice.anchors}"] > choice.validation["network"]
     assert est.to_dict()["envelope"] == choice.to_dict()
+    assert choice.kept == f"source envelope ({choice.anchors})" and net.envelope is None
     # The potential served is the envelope; its certificate is exact and the bound holds.
     (module,) = est.potential
     assert isinstance(module, Envelope) and est.lipschitz_constant == 1.0
@@ -165,6 +166,7 @@ def test_the_network_is_kept_when_no_envelope_beats_it_on_validation():
     cfg = EstimatorConfig(width=16, depth=2, steps=300, batch_size=256, min_steps=0, patience=0)
     est = estimate_w1(x, y, config=cfg)
     assert est.envelope is not None and est.envelope.side is None
+    assert est.envelope.kept == "network"
     assert max(est.envelope.validation.values()) == est.envelope.validation["network"]
     assert isinstance(est.potential[-1], torch.nn.Linear)
 

@@ -725,7 +725,7 @@ function figureRows(r) {
   const g = r.diagnostics && r.diagnostics.grad_norm;
   if (g) add("|∇f| quantiles", `${fmt(g.q05, 3)} / ${fmt(g.q50, 3)} / ${fmt(g.q95, 3)}`, "5 % / 50 % / 95 %; well below 1 means under-fitting");
   const env = r.diagnostics && r.diagnostics.envelope;
-  if (env) add("Potential", env.side ? `${env.side} envelope` : "network", env.side ? `over ${env.anchors} training samples; beat the network on the validation samples` : "beat its envelopes on the validation samples");
+  if (env) add("Potential", env.side ? `${env.side} envelope` : "network", env.side ? `over ${env.anchors} training samples; beat the network on the validation samples by more than their noise` : "no envelope beat it on the validation samples by more than their noise");
   add("Method", r.method, [r.device, r.steps !== undefined ? `${r.steps} steps` : null, r.seconds !== undefined ? `${fmt(r.seconds, 3)} s` : null].filter(Boolean).join(", "));
   return rows;
 }
