@@ -490,8 +490,7 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
     yv = torch.from_numpy(_rows(prep.y, cy.held, 0, len(cy.held))).to(dev)
     # The candidates, the most conservative first: the network, then the envelopes from the
     # most anchors to the fewest (both sides at each count).
-    envelopes: dict[str, tuple[Envelope, int]] = {}  # name: all anchors of its side, count
-    values: dict[str, tuple[F64, F64]] = {}
+    found: list[tuple[int, str, Envelope, F64, F64]] = []  # count, name, its side's envelope, f
     rows = int(prep.x.shape[0] + prep.y.shape[0])  # what a kept envelope is evaluated on
     for side, data, f, part in (
         ("source", prep.x, cert.fx, cx),
@@ -505,17 +504,14 @@ def envelop(cert: Certificate, prep: Prepared) -> tuple[Certificate, EnvelopeCho
         env = envelope_of(_rows(data, idx, 0, len(idx)), f[idx] / div, side).to(dev)
         fx = env.prefix_values(xv, sizes).cpu().numpy()
         fy = env.prefix_values(yv, sizes).cpu().numpy()
-        for j, k in enumerate(sizes):
-            name = f"{side}:{k}"
-            envelopes[name] = (env, k)
-            values[name] = (fx[j], fy[j])
-    order = sorted(values, key=lambda name: -int(name.split(":")[1]))
+        found += [(k, f"{side}:{k}", env, fx[j], fy[j]) for j, k in enumerate(sizes)]
+    found.sort(key=lambda c: -c[0])  # stable: the source before the target at each count
     candidates = [("network", cert.fx[cx.held] / div, cert.fy[cy.held] / div)]
-    candidates += [(name, *values[name]) for name in order]
+    candidates += [(name, fx, fy) for _, name, _, fx, fy in found]
     kept_at, scores = one_se_choice(candidates, cx.w_held, cy.w_held)
     if kept_at == 0:
         return cert, EnvelopeChoice(None, 0, scores)
-    env, k = envelopes[candidates[kept_at][0]]
+    k, _, env, _, _ = found[kept_at - 1]
     best = Envelope(env.anchors[:k], env.values[:k], env.side)
     kept = certify_potential(
         nn.Sequential(best), prep.x, prep.y, prep.a, prep.b, config=cfg, device=dev, rng=prep.rng
